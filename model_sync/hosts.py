@@ -1,0 +1,284 @@
+"""Where commands run: this machine, or a server over one SSH connection.
+
+Both kinds offer the same two calls: `script()` runs a POSIX sh script we
+wrote (its arguments quoted by the caller) and `shell()` runs a user's
+command as typed. Remote hosts go through Fabric with host keys checked
+against the known_hosts files resolved in sshconf."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .config import Config, ServerConfig
+from .errors import CommandTimeout, ConnectError, HostKeyError
+from .sshconf import SshTarget, resolve
+
+
+# paramiko logs tracebacks from its transport thread (e.g. a host that never
+# sends a banner); we report those failures ourselves, in one line.
+if os.environ.get("MODEL_SYNC_DEBUG") != "1":
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
+
+
+@dataclass
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def remote_path_expr(path: str) -> str:
+    """Quote a path for a POSIX shell, keeping a leading ~ meaning $HOME."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _timeout_wrapper(command: str, timeout: float, shell: str) -> str:
+    """Run `command` under coreutils `timeout` when the host has it, so the
+    command itself is stopped, not just our wait for it."""
+    secs = max(1, int(round(timeout)))
+    inner = f"{shell} -c {shlex.quote(command)}"
+    return (f"if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {secs} {inner}; "
+            f"else exec {inner}; fi")
+
+
+class LocalHost:
+    is_local = True
+
+    def __init__(self, server: ServerConfig):
+        self.server = server
+        self.alias = server.alias
+
+    @property
+    def label(self) -> str:
+        return "localhost"
+
+    def model_base(self) -> str:
+        return os.path.expanduser(self.server.model_base)
+
+    def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None) -> CommandResult:
+        return self._run(["sh", "-c", script], timeout, capture=True, stdin=stdin)
+
+    def shell(self, command: str, timeout: float | None = None, capture: bool = False) -> CommandResult:
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        return self._run([shell, "-c", command], timeout, capture=capture)
+
+    def _run(self, argv, timeout, capture, stdin: bytes | None = None) -> CommandResult:
+        start = time.monotonic()
+        pipe = subprocess.PIPE if capture else None
+        proc = subprocess.Popen(argv, stdout=pipe, stderr=pipe,
+                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(input=stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            return CommandResult(124, _text(out), _text(err), time.monotonic() - start, timed_out=True)
+        except BaseException:
+            _kill_group(proc)
+            raise
+        return CommandResult(proc.returncode, _text(out), _text(err), time.monotonic() - start)
+
+    def close(self):
+        pass
+
+
+def _kill_group(proc: subprocess.Popen):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=3)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _text(data) -> str:
+    if data is None:
+        return ""
+    return data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+
+
+class RemoteHost:
+    is_local = False
+
+    def __init__(self, server: ServerConfig, target: SshTarget):
+        self.server = server
+        self.alias = server.alias
+        self.target = target
+        self._conn = None
+        self._base: str | None = None
+
+    @property
+    def label(self) -> str:
+        t = self.target
+        return f"{t.user}@{t.hostname}" + ("" if t.port == 22 else f":{t.port}")
+
+    # -- connection -------------------------------------------------------
+    def connect(self):
+        if self._conn is not None:
+            return self._conn
+        from fabric import Config as FabricConfig, Connection  # slow import: only when needed
+        import paramiko
+
+        t = self.target
+        connect_kwargs = {
+            "key_filename": list(t.identity_files),
+            "look_for_keys": False,  # paramiko would look under $HOME on its own
+            "allow_agent": not t.identities_only,
+            "banner_timeout": t.connect_timeout,
+            "auth_timeout": t.connect_timeout,
+        }
+        if t.proxy_jump:
+            connect_kwargs["sock"] = paramiko.ProxyCommand(shlex.join(t.proxy_command()))
+        fab_config = FabricConfig(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+        conn = Connection(host=t.hostname, user=t.user, port=t.port, config=fab_config,
+                          connect_timeout=t.connect_timeout, connect_kwargs=connect_kwargs)
+        client = conn.client
+        for g in t.files.global_known_hosts:
+            client.load_system_host_keys(str(g))
+        if t.files.known_hosts.is_file():
+            client.load_host_keys(str(t.files.known_hosts))
+        client.set_missing_host_key_policy(
+            _AcceptNew(t.files.known_hosts) if t.strict == "accept-new" else _Refuse(t))
+        try:
+            conn.open()
+        except Exception as exc:  # translated into one line below
+            conn.close()
+            raise _connect_error(t, exc) from exc
+        self._conn = conn
+        return conn
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- running ----------------------------------------------------------
+    def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None) -> CommandResult:
+        return self._run(f"sh -c {shlex.quote(script)}", timeout, capture=True, stdin=stdin)
+
+    def shell(self, command: str, timeout: float | None = None, capture: bool = False) -> CommandResult:
+        if timeout:
+            command = _timeout_wrapper(command, timeout, '"${SHELL:-/bin/sh}"')
+            res = self._run(command, timeout + 10, capture=capture)  # remote timeout acts first
+            # coreutils timeout exits 124, or 137 when it had to SIGKILL
+            res.timed_out = res.timed_out or res.exit_code in (124, 137)
+            return res
+        return self._run(command, None, capture=capture)
+
+    def _run(self, command: str, timeout, capture: bool, stdin: bytes | None = None) -> CommandResult:
+        from invoke.exceptions import CommandTimedOut
+        import io
+
+        conn = self.connect()
+        start = time.monotonic()
+        kwargs = dict(warn=True, hide=capture, timeout=timeout,
+                      in_stream=io.StringIO(stdin.decode("utf-8", "surrogateescape")) if stdin else False)
+        if not capture:
+            kwargs.update(out_stream=sys.stdout, err_stream=sys.stderr)
+        try:
+            res = conn.run(command, **kwargs)
+        except CommandTimedOut as exc:
+            r = exc.result
+            return CommandResult(124, r.stdout or "", r.stderr or "", time.monotonic() - start, timed_out=True)
+        except (OSError, EOFError) as exc:
+            self.close()
+            raise ConnectError(self.alias, f"connection lost: {exc}") from exc
+        code = res.exited if res.exited is not None else 255
+        return CommandResult(code, res.stdout or "", res.stderr or "", time.monotonic() - start)
+
+
+class _Refuse:
+    """Unknown host key with StrictHostKeyChecking=yes: refuse, and say how to fix it."""
+
+    def __init__(self, target: SshTarget):
+        self.target = target
+
+    def missing_host_key(self, client, hostname, key):
+        t = self.target
+        port = "" if t.port == 22 else f"-p {t.port} "
+        raise HostKeyError(
+            t.alias,
+            f"host key for {hostname} is not in {t.files.known_hosts}; refusing to connect. "
+            f"Check the fingerprint and add it (ssh-keyscan {port}{t.hostname} >> {t.files.known_hosts}), "
+            f"connect once with 'ssh {t.host}', or set strict_host_key_checking: accept-new for this server",
+        )
+
+
+class _AcceptNew:
+    """StrictHostKeyChecking=accept-new: trust and record a first-seen key.
+    A changed key still fails (paramiko raises BadHostKeyException)."""
+
+    def __init__(self, known_hosts: Path):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="utf-8") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def _connect_error(t: SshTarget, exc: BaseException) -> Exception:
+    import paramiko
+
+    if isinstance(exc, HostKeyError):
+        return exc
+    where = f"{t.user}@{t.hostname}:{t.port}"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HostKeyError(
+            t.alias,
+            f"the host key of {t.known_hosts_name} has CHANGED since it was recorded in {t.files.known_hosts}; "
+            "refusing to connect (possible man-in-the-middle). If the server was reinstalled, remove the old key "
+            f"with: ssh-keygen -R '{t.known_hosts_name}' -f {t.files.known_hosts}",
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        keys = ", ".join(t.identity_files) or "no key files (agent only)"
+        return ConnectError(t.alias, f"authentication failed for {where} with {keys}; "
+                                     "check ssh_key/user in the config, or that the key is in the server's authorized_keys")
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(t.alias, f"cannot resolve host name '{t.hostname}'; check host in the config or ~/.ssh/config")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return ConnectError(t.alias, f"timed out connecting to {where} after {t.connect_timeout}s; "
+                                     "is the server up and the port open?")
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return ConnectError(t.alias, f"cannot connect to {where}: connection refused; is sshd running on that port?")
+    if isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
+        return ConnectError(t.alias, f"cannot connect to {where}: {exc or type(exc).__name__}")
+    return exc
+
+
+def open_host(alias: str, config: Config) -> LocalHost | RemoteHost:
+    """The host for an alias; a remote one connects lazily on first use."""
+    server = config.server(alias)
+    if server.is_local:
+        return LocalHost(server)
+    return RemoteHost(server, resolve(server, config))
+
+
+__all__ = ["CommandResult", "LocalHost", "RemoteHost", "open_host", "remote_path_expr", "CommandTimeout"]
