@@ -151,6 +151,20 @@ def exec_(state: State, timeout, server, command):
     sys.exit(result.exit_code)
 
 
+@cli.command()
+@click.pass_obj
+def mcp(state: State):
+    """Serve model-sync's tools over MCP on stdio (for Claude Desktop, Claude Code, ...).
+
+    \b
+    Example (in an MCP client's config):
+      {"command": "model-sync", "args": ["mcp"]}
+    """
+    from .mcp_server import serve
+
+    serve(config_path=state.config_path)
+
+
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="model-sync")
