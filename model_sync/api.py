@@ -131,3 +131,106 @@ def exec_command(alias: str, command: str, config: Config | None = None, timeout
     return ExecResult(server=alias, command=command, exit_code=res.exit_code, seconds=round(res.seconds, 3),
                       timed_out=res.timed_out, stdout=res.stdout if capture else "",
                       stderr=res.stderr if capture else "")
+
+
+# -- transfers ------------------------------------------------------------------
+def split_remote(spec: str, config: Config) -> tuple[str, str | None]:
+    """'reaper:models/x' -> ('reaper', 'models/x'); 'reaper' -> ('reaper', None).
+    Only a configured alias before the colon counts, so a local path with a
+    colon is never mistaken for a server."""
+    alias, sep, path = spec.partition(":")
+    if not sep:
+        config.server(alias)  # raises with the list of known servers
+        return alias, None
+    config.server(alias)
+    return alias, path or None
+
+
+def push(local_path: str, destination: str, config: Config | None = None, opts=None, **hooks):
+    """Send a local model directory to `server[:path]`; verified and published atomically."""
+    from .transfer import TransferOptions, transfer
+
+    config = config or load_config()
+    alias, path = split_remote(destination, config)
+    return transfer("push", local_path, alias, path, config, opts or transfer_defaults(config), **hooks)
+
+
+def pull(source: str, local_path: str, config: Config | None = None, opts=None, **hooks):
+    """Fetch `server:path` into local_path (inside it when it is a directory)."""
+    from .transfer import transfer
+
+    config = config or load_config()
+    alias, path = split_remote(source, config)
+    if path is None:
+        from .errors import UsageError
+        raise UsageError(f"pull needs a path on the server: {alias}:MODEL (see 'model-sync list {alias}')")
+    return transfer("pull", local_path, alias, path, config, opts or transfer_defaults(config), **hooks)
+
+
+def transfer_defaults(config: Config):
+    from .transfer import TransferOptions
+
+    d = config.defaults
+    return TransferOptions(verify=d.verify, compress=d.compress, delete=d.delete)
+
+
+@dataclass
+class VerifyResult:
+    server: str
+    local: str
+    remote: str
+    files: int
+    bytes: int
+    algorithm: str
+    seconds: float
+    ok: bool
+    mismatched: list[str]
+    only_local: list[str]
+    only_remote: list[str]
+
+
+def verify(local_path: str, destination: str, config: Config | None = None) -> VerifyResult:
+    """Hash every file on both ends (concurrently) and compare."""
+    import os
+
+    from .errors import UsageError
+    from .hosts import LocalHost
+    from .manifest import SHA256, XXH128, hash_files, list_tree, remote_hash_method
+    from .transfer import _remote_path
+
+    config = config or load_config()
+    alias, path = split_remote(destination, config)
+    local_abs = os.path.abspath(os.path.expanduser(local_path))
+    if not os.path.isdir(local_abs):
+        raise UsageError(f"{local_path} is not a directory")
+    start = time.monotonic()
+    server = open_host(alias, config)
+    here = LocalHost.this_machine()
+    try:
+        facts = probe(server)
+        method = "xxhsum" if server.is_local else remote_hash_method(facts)
+        rpath = _remote_path(path, facts, alias, os.path.basename(local_abs.rstrip("/")))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            ft = pool.submit(list_tree, here, local_abs)
+            rt = pool.submit(list_tree, server, rpath)
+            ltree, rtree = ft.result(), rt.result()
+        if not rtree.exists:
+            raise UsageError(f"{alias}:{rpath} does not exist; push it first")
+        lfiles = {p for p, f in ltree.files.items() if f.kind == "f"}
+        rfiles = {p for p, f in rtree.files.items() if f.kind == "f"}
+        common = sorted(lfiles & rfiles)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            fl = pool.submit(hash_files, here, local_abs, common, method)
+            fr = pool.submit(hash_files, server, rpath, common, method)
+            lh, rh = fl.result(), fr.result()
+    finally:
+        server.close()
+    mismatched = [p for p in common if lh.get(p) is None or lh.get(p) != rh.get(p)]
+    only_local = sorted(lfiles - rfiles)
+    only_remote = sorted(rfiles - lfiles)
+    return VerifyResult(
+        server=alias, local=local_abs, remote=f"{alias}:{rpath}", files=len(common),
+        bytes=sum(ltree.files[p].size for p in common), algorithm=SHA256 if method == "sha256" else XXH128,
+        seconds=round(time.monotonic() - start, 3), ok=not (mismatched or only_local or only_remote),
+        mismatched=mismatched, only_local=only_local, only_remote=only_remote,
+    )

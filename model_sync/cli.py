@@ -12,7 +12,7 @@ import click
 
 from . import __version__, api, render
 from .config import Config, default_config_path, load_config, write_starter
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, ModelSyncError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, ModelSyncError
 
 
 class State:
@@ -66,8 +66,16 @@ class Group(click.Group):
         except KeyboardInterrupt:
             if os.environ.get("MODEL_SYNC_DEBUG") == "1":
                 raise
-            click.echo("model-sync: interrupted", err=True)
+            click.echo("model-sync: interrupted; run the same command again to resume", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug of ours: still one line, details on request
+            if os.environ.get("MODEL_SYNC_DEBUG") == "1":
+                raise
+            click.echo(f"model-sync: internal error: {type(exc).__name__}: {exc} "
+                       "(rerun with MODEL_SYNC_DEBUG=1 for the traceback, and please report it)", err=True)
+            ctx.exit(EXIT_FAILED)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -151,6 +159,136 @@ def exec_(state: State, timeout, server, command):
     sys.exit(result.exit_code)
 
 
+def transfer_options(fn):
+    """The options push and pull share."""
+    opts = [
+        click.option("--verify/--no-verify", default=None, help="Hash every sent file on both ends (default: config, on)."),
+        click.option("--compress/--no-compress", default=None, help="rsync -z (default: config; weights gain nothing)."),
+        click.option("--delete", is_flag=True, default=None, help="Mirror: remove destination files missing from the source."),
+        click.option("-y", "--yes", is_flag=True, help="Confirm --delete without asking."),
+        click.option("-n", "--dry-run", is_flag=True, help="Show what would be sent and deleted; change nothing."),
+        click.option("--exclude", multiple=True, metavar="PATTERN", help="rsync exclude pattern (repeatable)."),
+        click.option("--include", multiple=True, metavar="PATTERN", help="rsync include pattern (repeatable)."),
+        click.option("--bwlimit", metavar="RATE", help="Bandwidth limit, rsync syntax (e.g. 50M)."),
+        click.option("--resume", is_flag=True, hidden=False, help="Accepted for habit: resuming is always on."),
+        click.option("--no-wait", is_flag=True, help="Fail at once if another sync holds the destination."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _transfer_opts(state: State, verify, compress, delete, yes, dry_run, exclude, include, bwlimit, no_wait):
+    from .transfer import TransferOptions
+
+    d = state.config.defaults
+    return TransferOptions(
+        verify=d.verify if verify is None else verify,
+        compress=d.compress if compress is None else compress,
+        delete=d.delete if delete is None else delete,
+        dry_run=dry_run, excludes=tuple(exclude), includes=tuple(include), bwlimit=bwlimit,
+        wait=not no_wait, confirmed=yes,
+    )
+
+
+def _run_transfer(state: State, call, opts):
+    """Run push/pull with a progress bar on a terminal, ask before deleting."""
+    from dataclasses import replace
+
+    from .transfer import ConfirmationNeeded
+
+    hooks = {"on_wait": lambda: click.echo("waiting: another model-sync holds this destination...", err=True)}
+    if state.verbose:
+        hooks["on_item"] = lambda item: click.echo(item.path, err=True) if item.is_file_transfer else None
+    try:
+        return _with_progress(state, call, opts, hooks)
+    except ConfirmationNeeded as exc:
+        if not sys.stdin.isatty() or state.fmt == "json":
+            raise
+        click.echo(f"--delete will remove {len(exc.deletions)} file(s):", err=True)
+        for d in exc.deletions:
+            click.echo(f"  {render.cell(d.path)}", err=True)
+        if not click.confirm("Delete them?", default=False, err=True):
+            raise click.Abort()
+        return _with_progress(state, call, replace(opts, confirmed=True), hooks)
+
+
+def _transfer_command(state: State, banner: str, call, kw) -> None:
+    opts = _transfer_opts(state, **kw)
+    if state.fmt != "json":
+        click.echo(banner, err=True)
+    state.emit(_run_transfer(state, call, opts))
+
+
+def _with_progress(state: State, call, opts, hooks):
+    if render.choose_format(state.fmt, sys.stderr) != "rich" or opts.dry_run:
+        return call(opts=opts, **hooks)
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn)
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+                  console=__import__("rich.console").console.Console(stderr=True)) as bar:
+        task = bar.add_task("transfer", total=None)
+        return call(opts=opts, progress=lambda done, total: bar.update(task, completed=done, total=total), **hooks)
+
+
+@cli.command()
+@transfer_options
+@output_options
+@click.argument("local_path")
+@click.argument("destination", metavar="SERVER[:PATH]")
+@click.pass_obj
+def push(state: State, local_path, destination, resume, **kw):
+    """Send a local model directory to a server, verified and published atomically.
+
+    PATH defaults to MODEL_BASE/<name of LOCAL_PATH>; a relative PATH is taken
+    under the server's model_base, an absolute one is used as given.
+
+    \b
+    Examples:
+      model-sync push ./RTX3090_N2501_LANGDETECTOR_250715 reaper
+      model-sync push ./langdetector-v1 reaper:langdetector/v1 --dry-run
+    """
+    _transfer_command(state, f"Syncing {local_path} to {destination} ...",
+                      lambda **k: api.push(local_path, destination, state.config, **k), kw)
+
+
+@cli.command()
+@transfer_options
+@output_options
+@click.argument("source", metavar="SERVER:PATH")
+@click.argument("local_path")
+@click.pass_obj
+def pull(state: State, source, local_path, resume, **kw):
+    """Fetch a model directory from a server; into LOCAL_PATH/<name> when LOCAL_PATH is a directory.
+
+    \b
+    Examples:
+      model-sync pull reaper:RTX3090_N2501_LANGDETECTOR_250715 ./models/
+      model-sync pull doomfist:ASR@latest ./models/
+    """
+    _transfer_command(state, f"Pulling {source} to {local_path} ...",
+                      lambda **k: api.pull(source, local_path, state.config, **k), kw)
+
+
+@cli.command()
+@output_options
+@click.argument("local_path")
+@click.argument("destination", metavar="SERVER[:PATH]")
+@click.pass_obj
+def verify(state: State, local_path, destination):
+    """Hash every file of a local model and its copy on a server, and compare.
+
+    \b
+    Example:
+      model-sync verify ./RTX3090_N2501_LANGDETECTOR_250715 reaper
+    """
+    result = api.verify(local_path, destination, state.config)
+    state.emit(result)
+    if not result.ok:
+        sys.exit(EXIT_VERIFY)
+
+
 @cli.command()
 @click.pass_obj
 def mcp(state: State):
@@ -165,7 +303,15 @@ def mcp(state: State):
     serve(config_path=state.config_path)
 
 
+def _sigterm(signum, frame):
+    # stop like Ctrl-C: rsync is stopped cleanly and keeps partial files for resume
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
         cli.main(args=argv, prog_name="model-sync")
     except BrokenPipeError:

@@ -173,6 +173,11 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+# Options model-sync sets itself so both SSH sides agree; not overridable here.
+_OWN_SSH_OPTIONS = {"hostname", "user", "port", "identityfile", "stricthostkeychecking", "userknownhostsfile",
+                    "globalknownhostsfile", "batchmode", "proxycommand", "proxyjump"}
+
+
 def _ssh_options(check: _Checker, value, where: str, line) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     if isinstance(value, dict):
@@ -189,6 +194,9 @@ def _ssh_options(check: _Checker, value, where: str, line) -> tuple[tuple[str, s
             v = "yes" if v else "no"
         if not str(k).replace("-", "").isalnum():
             check.fail(f"{where}: '{k}' is not an ssh option name", line)
+        if str(k).lower() in _OWN_SSH_OPTIONS:
+            check.fail(f"{where}: set {k} with the server's own keys (host, user, port, ssh_key, "
+                       "strict_host_key_checking) or in ~/.ssh/config, not in ssh_options", line)
         pairs.append((str(k), str(v)))
     return tuple(pairs)
 

@@ -15,6 +15,8 @@ printf 'rsync=%s\n' "$(rsync --version 2>/dev/null | head -n 1)"
 if command -v xxhsum >/dev/null 2>&1; then printf 'xxhsum=%s\n' "$(xxhsum -V 2>&1 | head -n 1)"; fi
 printf 'pyxxhash=%s\n' "$(python3 -c 'import xxhash; print(xxhash.VERSION)' 2>/dev/null)"
 if [ -d "$base" ]; then echo base_exists=1; else echo base_exists=0; fi
+printf 'base_abs=%s\n' "$base"
+printf 'flock=%s\n' "$(command -v flock)"
 p=$base
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
 printf 'df=%s\n' "$(df -Pk -- "$p" 2>/dev/null | tail -n 1)"
@@ -28,6 +30,8 @@ class HostFacts:
     python_xxhash: str | None  # version of python3's xxhash module
     free_bytes: int | None
     base_exists: bool
+    base_abs: str = ""  # model_base with ~ expanded on that host
+    has_flock: bool = False
 
     @property
     def rsync_ok(self) -> bool:
@@ -66,6 +70,8 @@ def parse_probe(output: str) -> HostFacts:
         python_xxhash=values.get("pyxxhash") or None,
         free_bytes=free,
         base_exists=values.get("base_exists") == "1",
+        base_abs=values.get("base_abs", ""),
+        has_flock=bool(values.get("flock")),
     )
 
 

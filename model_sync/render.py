@@ -54,7 +54,7 @@ def human_seconds(s: float | None) -> str:
 
 
 def human_rate(bytes_: int, seconds: float) -> str:
-    if not seconds or seconds <= 0:
+    if not bytes_ or not seconds or seconds <= 0:
         return "-"
     return human_size(int(bytes_ / seconds)) + "/s"
 
@@ -93,7 +93,8 @@ def views(result) -> list[View]:
 
 
 def _register_builtin_views():
-    from .api import ExecResult, ServersResult
+    from .api import ExecResult, ServersResult, VerifyResult
+    from .transfer import TransferResult
 
     @view_of(ServersResult)
     def _servers(r: ServersResult) -> list[View]:
@@ -113,6 +114,40 @@ def _register_builtin_views():
         return [View("Server check", ["Alias", "Host", "Reachable", "RTT", "rsync", "xxhsum", "py-xxhash",
                                       "Free", "Status"], rows,
                      [f"{len(r.checks) - failed} ok, {failed} failed"])]
+
+    @view_of(TransferResult)
+    def _transfer(r: TransferResult) -> list[View]:
+        if r.dry_run:
+            rows = [[cell(p.path), human_size(p.size) if p.action == "send" else "-", p.action]
+                    for p in r.planned]
+            sends = sum(1 for p in r.planned if p.action == "send")
+            dels = len(r.planned) - sends
+            return [View(f"Dry run: {r.direction} {r.source} -> {r.destination}", ["File", "Size", "Action"], rows,
+                         [f"Would send {sends} file(s), {human_size(r.bytes)}; would delete {dels}. Nothing was changed."])]
+        verified = "-" if r.verified is None else ("yes" if r.verified else "NO")
+        if r.verified and r.algorithm:
+            verified += f" ({r.algorithm})"
+        rows = [["Files", str(r.files)], ["Size", human_size(r.bytes)], ["Time", human_seconds(r.seconds)],
+                ["Speed", human_rate(r.bytes, r.seconds)], ["Verified", verified]]
+        if r.deleted:
+            rows.append(["Deleted", str(len(r.deleted))])
+        notes = [f"{r.source} -> {r.destination}"]
+        if r.mismatched:
+            notes.append("Mismatched: " + ", ".join(cell(p) for p in r.mismatched))
+        return [View("Result", ["Metric", "Value"], rows, notes)]
+
+    @view_of(VerifyResult)
+    def _verify(r: VerifyResult) -> list[View]:
+        rows = [["Files compared", str(r.files)], ["Size", human_size(r.bytes)], ["Algorithm", r.algorithm],
+                ["Time", human_seconds(r.seconds)], ["Mismatched", str(len(r.mismatched))],
+                ["Only local", str(len(r.only_local))], ["Only remote", str(len(r.only_remote))],
+                ["Verified", "yes" if r.ok else "NO"]]
+        notes = [f"{r.local} <-> {r.remote}"]
+        for label, names in (("Mismatched", r.mismatched), ("Only local", r.only_local),
+                             ("Only remote", r.only_remote)):
+            if names:
+                notes.append(f"{label}: " + ", ".join(cell(p) for p in names[:50]))
+        return [View("Verify", ["Metric", "Value"], rows, notes)]
 
     @view_of(ExecResult)
     def _exec(r: ExecResult) -> list[View]:

@@ -18,6 +18,10 @@ from .config import Config, ServerConfig
 from .errors import ConfigError, UsageError
 
 
+FAST_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+                "aes128-ctr,aes192-ctr,aes256-ctr")
+
+
 @dataclass(frozen=True)
 class SshFiles:
     home: Path
@@ -77,7 +81,10 @@ class SshTarget:
     def ssh_argv(self) -> list[str]:
         """`ssh` with every resolved setting spelt out, ending in the host:
         the remote-shell argv for rsync's -e, or for running ssh directly."""
-        argv = ["ssh"] + self._common_options() + [
+        argv = ["ssh"]
+        for key, value in self.options:  # first: for ssh the first value given wins
+            argv += ["-o", f"{key}={value}"]
+        argv += self._common_options() + [
             "-o", f"HostName={self.hostname}",
             "-o", f"User={self.user}",
             "-o", f"Port={self.port}",
@@ -88,8 +95,6 @@ class SshTarget:
         if proxy:
             # ssh expands %-tokens in ProxyCommand once; inner hops keep theirs
             argv += ["-o", "ProxyCommand=" + shlex.join(proxy).replace("%", "%%")]
-        for key, value in self.options:
-            argv += ["-o", f"{key}={value}"]
         argv.append(self.host)
         return argv
 
@@ -113,9 +118,14 @@ class SshTarget:
         return argv
 
     def rsync_rsh(self) -> str:
-        """The ssh command as one string for rsync -e (rsync splits it itself,
-        honouring quotes), without the trailing host."""
-        return " ".join(_rsync_quote(a) for a in self.ssh_argv()[:-1])
+        """The ssh command as one string for rsync -e, without the trailing
+        host. Bulk data prefers AES-GCM (hardware-accelerated on x86/ARM; see
+        BENCHMARKS.md); a Ciphers entry in the server's ssh_options wins."""
+        argv = self.ssh_argv()[:-1]
+        argv[1:1] = ["-o", "Ciphers=" + FAST_CIPHERS, "-o", "Compression=no"]
+        if any(k.lower() == "ciphers" for k, _ in self.options):
+            argv[1:3] = []
+        return " ".join(_rsync_quote(a) for a in argv)
 
 
 def _ssh_destination(hop: str) -> str:
@@ -132,8 +142,11 @@ def _ssh_quote(value: str) -> str:
 
 
 def _rsync_quote(arg: str) -> str:
-    # rsync splits -e on whitespace and honours single/double quotes
-    return shlex.quote(arg)
+    # rsync splits -e on spaces itself: quotes group, a doubled quote is a
+    # literal one, and backslash is not an escape
+    if arg and not any(c in arg for c in " \t'\""):
+        return arg
+    return "'" + arg.replace("'", "''") + "'"
 
 
 def _expand(path: str, home: Path) -> str:

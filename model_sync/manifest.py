@@ -1,0 +1,224 @@
+"""Listing and hashing model trees, on this machine or a server.
+
+A listing costs one round trip whatever the number of files (one `find`).
+Hashes are xxh3-128 (`xxhsum -H2`); on a server without xxhsum we use
+python3's xxhash module, and without either, sha256 on both sides.
+The manifest `.model-sync.xxh128` inside a model directory is in xxhsum's
+own format, so `cd MODEL && xxhsum -c .model-sync.xxh128` checks a copy."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import RemoteError
+
+MANIFEST_NAME = ".model-sync.xxh128"
+PARTIAL_DIR = ".rsync-partial"  # rsync --partial-dir: kept for resume, never listed
+XXH128 = "xxh3-128"
+SHA256 = "sha256"
+_CHUNK = 100_000  # bytes of file names per remote hashing command (one argv item is capped at 128 KiB)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative, '/'-separated
+    size: int
+    mtime: int  # whole seconds, as rsync's quick check compares them
+    kind: str = "f"  # 'f' file, 'l' symlink
+    target: str = ""  # symlink target
+
+    def same_quick(self, other: "FileEntry") -> bool:
+        if self.kind != other.kind:
+            return False
+        if self.kind == "l":
+            return self.target == other.target
+        return self.size == other.size and self.mtime == other.mtime
+
+
+@dataclass
+class Tree:
+    root: str
+    exists: bool
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    is_dir: bool = True
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files.values() if f.kind == "f")
+
+
+_LIST = r"""
+root={root}
+if [ ! -e "$root" ]; then echo MISSING; exit 0; fi
+if [ ! -d "$root" ]; then echo NOTDIR; exit 0; fi
+cd -- "$root" || exit 3
+printf 'OK\n'
+find . -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} -printf '%y %s %T@ %P\0%l\0'
+"""
+
+
+def list_tree(host, root: str) -> Tree:
+    """Every file and symlink under root, with size and mtime, in one round trip."""
+    from .hosts import remote_path_expr
+
+    res = host.script(_LIST.format(root=remote_path_expr(root), partial=PARTIAL_DIR, manifest=MANIFEST_NAME),
+                      timeout=600)
+    out = res.stdout
+    if res.exit_code != 0 and not out.startswith("OK"):
+        raise RemoteError(host.alias, f"cannot list {root}: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
+                          res.exit_code, res.stderr)
+    if out.startswith("MISSING"):
+        return Tree(root, exists=False, is_dir=False)
+    if out.startswith("NOTDIR"):
+        return Tree(root, exists=True, is_dir=False)
+    return Tree(root, exists=True, files=parse_listing(out.split("\n", 1)[1] if "\n" in out else ""))
+
+
+def parse_listing(data: str) -> dict[str, FileEntry]:
+    parts = data.split("\0")
+    files: dict[str, FileEntry] = {}
+    for i in range(0, len(parts) - 1, 2):
+        head, target = parts[i], parts[i + 1]
+        kind, size, mtime, path = head.split(" ", 3)
+        files[path] = FileEntry(path, int(size), int(float(mtime)), kind, target if kind == "l" else "")
+    return files
+
+
+# -- hashing ------------------------------------------------------------------------
+def hash_local(root: str | Path, paths: list[str], algorithm: str = XXH128, workers: int = 4) -> dict[str, str]:
+    """Hash files under a local root; several files at once (reads overlap)."""
+    root = Path(root)
+
+    def one(rel: str) -> tuple[str, str]:
+        h = _new_hash(algorithm)
+        with open(root / rel, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                h.update(chunk)
+        return rel, h.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(pool.map(one, paths))
+
+
+def _new_hash(algorithm: str):
+    if algorithm == XXH128:
+        import xxhash
+
+        return xxhash.xxh3_128()
+    return hashlib.sha256()
+
+
+_PY_HASH = r"""
+import sys
+try:
+    import xxhash
+    new = xxhash.xxh3_128
+except ImportError:
+    sys.exit(4)
+for i, name in enumerate(sys.argv[1:]):
+    h = new()
+    try:
+        with open(name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(8 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        continue
+    print(i, h.hexdigest())
+"""
+
+
+def remote_hash_method(facts) -> str:
+    """Pick how a server hashes: 'xxhsum', 'python' or 'sha256'."""
+    if facts.xxhsum:
+        return "xxhsum"
+    if facts.python_xxhash:
+        return "python"
+    return "sha256"
+
+
+def hash_with_script(host, root: str, paths: list[str], method: str) -> dict[str, str]:
+    """Hash files under root on any host with a shell tool; file names travel
+    as quoted arguments (data, never code) and come back matched by position."""
+    from .hosts import remote_path_expr
+
+    out: dict[str, str] = {}
+    for chunk in _chunks(paths):
+        args = " ".join(shlex.quote("./" + p) for p in chunk)
+        if method == "python":
+            cmd = f"python3 -c {shlex.quote(_PY_HASH)} {args}"
+        elif all(_plain_name(p) for p in chunk):
+            tool = "xxhsum -H2" if method == "xxhsum" else "sha256sum"
+            # one call for the chunk; each output line names its file
+            cmd = f"{tool} -- {args}"
+        else:
+            tool = "xxhsum -H2" if method == "xxhsum" else "sha256sum"
+            # a name with a newline or backslash would be escaped or split in the
+            # tool's output: one call per file ties each line to its index instead
+            cmd = f'i=0; for f in {args}; do printf "%s " "$i"; {tool} < "$f" || echo; i=$((i+1)); done'
+        res = host.script(f"cd -- {remote_path_expr(root)} || exit 3\n{cmd}\n", timeout=3600)
+        if res.exit_code == 3 or (res.exit_code != 0 and not res.stdout):
+            raise RemoteError(host.alias, f"hashing under {root} failed: {res.stderr.strip() or res.exit_code}",
+                              res.exit_code, res.stderr)
+        wanted = set(chunk)
+        for line in res.stdout.splitlines():
+            head, sep, name = line.partition("  ")
+            if sep and _is_hex(head) and name.startswith("./") and name[2:] in wanted:
+                out[name[2:]] = head.lower()  # batch form: "HASH  ./name"
+                continue
+            fields = line.split()
+            if len(fields) >= 2 and fields[0].isdigit() and _is_hex(fields[1]):
+                out[chunk[int(fields[0])]] = fields[1].lower()  # indexed form: "I HASH ..."
+    return out
+
+
+def _plain_name(p: str) -> bool:
+    return not any(c in p for c in "\n\r\\")
+
+
+def _is_hex(s: str) -> bool:
+    return len(s) in (32, 64) and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+def _chunks(paths: list[str]):
+    chunk: list[str] = []
+    size = 0
+    for p in paths:
+        if chunk and size + len(p) + 8 > _CHUNK:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(p)
+        size += len(p) + 8
+    if chunk:
+        yield chunk
+
+
+def hash_files(host, root: str, paths: list[str], method: str) -> dict[str, str]:
+    """Hashes of `paths` under `root` on `host`; missing files are left out."""
+    if not paths:
+        return {}
+    if host.is_local:
+        base = Path(root).expanduser()
+        present = [p for p in paths if (base / p).is_file()]
+        return hash_local(base, present, SHA256 if method == "sha256" else XXH128)
+    return hash_with_script(host, root, paths, method)
+
+
+# -- the manifest file ----------------------------------------------------------------
+def manifest_text(hashes: dict[str, str]) -> str:
+    """xxhsum's GNU-style lines. Names with a newline cannot be written in
+    that format (xxhsum does not escape them) and are left out."""
+    lines = [f"{h}  {p}\n" for p, h in sorted(hashes.items()) if "\n" not in p and "\r" not in p]
+    return "".join(lines)
+
+
+def parse_manifest(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        h, sep, name = line.partition("  ")
+        if sep and _is_hex(h):
+            out[name] = h.lower()
+    return out

@@ -1,0 +1,377 @@
+"""push and pull: a model leaves one machine and arrives intact on another,
+and nobody ever sees it half-copied.
+
+The destination is never written in place. Files go into a staging
+directory next to it (a hard-link clone of the current copy, so unchanged
+files cost nothing and files missing from the source stay unless --delete),
+are verified there, and the staging directory then replaces the destination
+in one rename. An interrupted run leaves its staging directory (and rsync's
+partial files) behind for the next run to resume from."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shlex
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .config import Config
+from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
+from .hosts import LocalHost, open_host, remote_path_expr
+from .manifest import (MANIFEST_NAME, SHA256, XXH128, hash_files, list_tree, manifest_text, parse_manifest,
+                       remote_hash_method)
+from .probe import HostFacts, probe
+from .rsync import Item, RsyncOptions, build_rsync_argv, check_result, run_rsync
+
+STAGING_SUFFIX = ".model-sync-staging"
+LOCK_SUFFIX = ".model-sync-lock"
+SPACE_MARGIN = 1.02  # a little room for directories and rsync's temp names
+
+
+@dataclass
+class TransferOptions:
+    verify: bool = True
+    compress: bool = False
+    delete: bool = False
+    dry_run: bool = False
+    excludes: tuple[str, ...] = ()
+    includes: tuple[str, ...] = ()
+    bwlimit: str | None = None
+    wait: bool = True  # for the destination lock
+    confirmed: bool = False  # --yes: deletions were approved
+
+
+@dataclass
+class PlannedFile:
+    path: str
+    size: int
+    action: str  # "send" | "delete"
+
+
+@dataclass
+class TransferResult:
+    direction: str  # "push" | "pull"
+    server: str
+    source: str
+    destination: str
+    files: int  # files sent
+    bytes: int  # size of the files sent
+    seconds: float
+    verified: bool | None  # None: not checked (--no-verify or dry run)
+    algorithm: str | None
+    dry_run: bool = False
+    published: bool = False
+    planned: list[PlannedFile] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    __json_properties__ = ("speed_bytes_per_s",)
+
+    @property
+    def speed_bytes_per_s(self) -> float | None:
+        return round(self.bytes / self.seconds, 1) if self.seconds > 0 and self.bytes else None
+
+
+class ConfirmationNeeded(ModelSyncError):
+    """--delete would remove files; the caller must show them and confirm."""
+
+    exit_code = 2
+
+    def __init__(self, deletions: list[PlannedFile], destination: str):
+        names = ", ".join(d.path for d in deletions[:5]) + (" ..." if len(deletions) > 5 else "")
+        super().__init__(f"--delete would remove {len(deletions)} file(s) from {destination}: {names}; "
+                         "rerun with --yes to confirm (or --dry-run to see the list)")
+        self.deletions = deletions
+
+
+class InsufficientSpace(ModelSyncError):
+    pass
+
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass
+class _Side:
+    """One end of a transfer: a host and a path on it."""
+
+    host: object
+    path: str
+
+    def rsync_spec(self) -> str:
+        if self.host.is_local:
+            # a leading '-' must not read as an option; rsync sees paths after --
+            return self.path
+        return f"{self.host.target.host}:{self.path}"
+
+
+def _under(base: str, rel: str, alias: str) -> str:
+    """base/rel, refusing a relative path that climbs out of model_base."""
+    joined = posixpath.normpath(posixpath.join(base, rel))
+    if joined != base.rstrip("/") and not joined.startswith(base.rstrip("/") + "/"):
+        raise UsageError(f"{alias}: '{rel}' leaves the server's model_base ({base}); "
+                         "give an absolute path if you mean a place outside it")
+    return joined
+
+
+def _remote_path(path: str | None, facts: HostFacts, alias: str, default_name: str | None) -> str:
+    base = facts.base_abs
+    if not base:
+        raise RemoteError(alias, "could not resolve model_base on the server")
+    if not path:
+        if default_name is None:
+            raise UsageError(f"{alias}: give the model's path, e.g. {alias}:MODEL_NAME")
+        return _under(base, default_name, alias)
+    if path.startswith("/"):
+        return posixpath.normpath(path)
+    return _under(base, path, alias)
+
+
+def _check_rsync(facts: HostFacts, alias: str) -> None:
+    if facts.rsync_version is None:
+        raise RemoteError(alias, "rsync is not installed on the server; install rsync 3.2+ there "
+                                 "(Debian/Ubuntu: apt-get install rsync; RHEL: dnf install rsync)")
+    if not facts.rsync_ok:
+        raise RemoteError(alias, f"the server has rsync {facts.rsync_version}; model-sync needs 3.2+ "
+                                 "(upgrade rsync there)")
+
+
+def _local_rsync() -> None:
+    if not shutil.which("rsync"):
+        raise ModelSyncError("rsync is not installed on this machine; install it (apt-get install rsync)")
+
+
+# -- staging and publishing scripts (run on the destination host) ------------------
+_PREPARE = r"""
+dest={dest}; stage={stage}
+mkdir -p -- {parent} || exit 3
+if [ -d "$stage" ]; then echo resume
+elif [ -d "$dest" ]; then cp -al -- "$dest" "$stage" && echo linked
+else mkdir -- "$stage" && echo new
+fi
+"""
+
+# Swap stage and dest in one step where the filesystem allows (renameat2
+# RENAME_EXCHANGE); elsewhere (e.g. NFS) two renames a moment apart.
+_PUBLISH = r"""
+dest={dest}; stage={stage}; old={old}
+if [ ! -e "$dest" ]; then mv -- "$stage" "$dest" || exit 3; echo published; exit 0; fi
+if command -v python3 >/dev/null 2>&1 && python3 -c '
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+f = getattr(libc, "renameat2", None)
+sys.exit(1 if f is None or f(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), 2) != 0 else 0)
+' "$stage" "$dest"; then
+  rm -rf -- "$stage"; echo exchanged; exit 0
+fi
+rm -rf -- "$old"
+mv -- "$dest" "$old" && mv -- "$stage" "$dest" || exit 3
+rm -rf -- "$old"; echo renamed
+"""
+
+
+def _dest_paths(dest: str) -> tuple[str, str, str, str]:
+    parent, name = posixpath.split(dest.rstrip("/"))
+    parent = parent or "/"
+    return (parent, posixpath.join(parent, f".{name}{STAGING_SUFFIX}"),
+            posixpath.join(parent, f".{name}{LOCK_SUFFIX}"), posixpath.join(parent, f".{name}.model-sync-old"))
+
+
+def _run_script(host, script: str, what: str) -> str:
+    res = host.script(script, timeout=3600)
+    if res.exit_code != 0:
+        raise RemoteError(host.alias, f"{what} failed: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
+                          res.exit_code, res.stderr)
+    return res.stdout.strip()
+
+
+def _free_bytes(host, path: str) -> int | None:
+    script = (f"p={remote_path_expr(path)}\nwhile [ ! -e \"$p\" ]; do p=$(dirname -- \"$p\"); done\n"
+              "df -Pk -- \"$p\" | tail -n 1")
+    fields = host.script(script, timeout=60).stdout.split()
+    return int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None
+
+
+# -- the transfer --------------------------------------------------------------------
+def transfer(direction: str, local_path: str, alias: str, remote_path: str | None, config: Config,
+             opts: TransferOptions, progress: Progress | None = None, on_item: Callable[[Item], None] | None = None,
+             on_wait: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> TransferResult:
+    if direction not in ("push", "pull"):
+        raise UsageError(f"unknown direction {direction!r}")
+    _local_rsync()
+    server = open_host(alias, config)
+    here = server if server.is_local else LocalHost.this_machine()
+    try:
+        facts = probe(server)
+        _check_rsync(facts, alias) if not server.is_local else None
+        method = remote_hash_method(facts) if not server.is_local else "xxhsum"
+        algorithm = SHA256 if method == "sha256" else XXH128
+        local_abs = os.path.abspath(os.path.expanduser(local_path))
+        if direction == "push":
+            if not os.path.isdir(local_abs):
+                raise UsageError(f"{local_path} is not a directory; push sends a model directory")
+            src = _Side(here, local_abs)
+            dst = _Side(server, _remote_path(remote_path, facts, alias, os.path.basename(local_abs.rstrip("/"))))
+        else:
+            rpath = _remote_path(remote_path, facts, alias, None)
+            if os.path.isdir(local_abs):
+                local_abs = os.path.join(local_abs, posixpath.basename(rpath.rstrip("/")))
+            src = _Side(server, rpath)
+            dst = _Side(here, local_abs)
+            if not _is_dir(server, rpath):
+                raise UsageError(f"{alias}:{rpath} is not a model directory on the server; "
+                                 f"see 'model-sync list {alias}'")
+        server_side = dst if direction == "push" else src
+        return _transfer(direction, alias, src, dst, server_side, opts, algorithm, method, progress, on_item,
+                         on_wait, cancel)
+    finally:
+        server.close()
+
+
+def _is_dir(host, path: str) -> bool:
+    return host.script(f"[ -d {remote_path_expr(path)} ]", timeout=60).exit_code == 0
+
+
+def _rsh(side_a: _Side, side_b: _Side) -> str | None:
+    for s in (side_a, side_b):
+        if not s.host.is_local:
+            return s.host.target.rsync_rsh()
+    return None
+
+
+def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts: TransferOptions, algorithm,
+              method, progress, on_item, on_wait, cancel) -> TransferResult:
+    start = time.monotonic()
+    parent, stage, lock, old = _dest_paths(dst.path)
+    rsh = _rsh(src, dst)
+    ropts = RsyncOptions(compress=opts.compress, delete=opts.delete, excludes=opts.excludes,
+                         includes=opts.includes, bwlimit=opts.bwlimit)
+    def show(side: _Side) -> str:
+        return f"{alias}:{side.path}" if side is server_side else side.path
+
+    result = TransferResult(direction=direction, server=alias, source=show(src), destination=show(dst),
+                            files=0, bytes=0, seconds=0.0, verified=None, algorithm=None)
+
+    # 1. plan: what rsync would send and delete, from rsync itself (against an
+    # empty local directory when there is no copy yet)
+    target = next((p for p in (stage, dst.path) if _is_dir(dst.host, p)), None)
+    with tempfile.TemporaryDirectory(prefix="model-sync-plan-") as empty:
+        plan_dst = _Side(dst.host, target) if target else _Side(LocalHost.this_machine(), empty)
+        plan_rsh = _rsh(src, plan_dst)
+        plan_run = run_rsync(build_rsync_argv(src.rsync_spec(), plan_dst.rsync_spec(), plan_rsh,
+                                              RsyncOptions(**{**ropts.__dict__, "dry_run": True})), cancel=cancel)
+    check_result(plan_run, alias)
+    sizes = _source_sizes(src, [i.path for i in plan_run.sent_files])
+    result.planned = [PlannedFile(i.path, sizes.get(i.path, i.size), "send") for i in plan_run.sent_files]
+    result.planned += [PlannedFile(p.rstrip("/"), 0, "delete") for p in plan_run.deleted]
+    to_send = sum(p.size for p in result.planned if p.action == "send")
+    deletions = [p for p in result.planned if p.action == "delete"]
+    if opts.dry_run:
+        result.dry_run = True
+        result.files = sum(1 for p in result.planned if p.action == "send")
+        result.bytes = to_send
+        result.deleted = [d.path for d in deletions]
+        result.seconds = round(time.monotonic() - start, 3)
+        return result
+    if deletions and not opts.confirmed:
+        raise ConfirmationNeeded(deletions, result.destination)
+
+    # 2. preflight: room for every byte we are about to send
+    free = _free_bytes(dst.host, parent)
+    if free is not None and to_send * SPACE_MARGIN > free:
+        from .render import human_size
+
+        raise InsufficientSpace(f"{alias}: not enough space at {parent}: need {human_size(int(to_send * SPACE_MARGIN))}, "
+                                f"available {human_size(free)}; free some space (see 'model-sync prune') or pick another path")
+
+    _run_script(dst.host, f"mkdir -p -- {remote_path_expr(parent)}", "creating the destination's parent")
+    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait):
+        # 3. stage: a hard-link clone of the current copy (or what an interrupted run left)
+        _run_script(dst.host, _PREPARE.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(stage),
+                                              parent=remote_path_expr(parent)), "preparing the staging directory")
+        total = max(to_send, 1)
+        run = run_rsync(build_rsync_argv(src.rsync_spec(), _Side(dst.host, stage).rsync_spec(), rsh, ropts),
+                        progress=(lambda done: progress(min(done, total), total)) if progress else None,
+                        on_item=on_item, cancel=cancel)
+        check_result(run, alias)
+        sent = [i.path for i in run.sent_files]
+        result.sent = sent
+        result.deleted = [p.rstrip("/") for p in run.deleted]
+        result.files = len(sent)
+        sizes = _source_sizes(src, sent)
+        result.bytes = sum(sizes.get(p, 0) for p in sent)
+
+        # 4. verify what was sent, both ends at once; then the manifest
+        old_manifest = _read_manifest(dst.host, stage)
+        hashes: dict[str, str] = {}
+        if opts.verify:
+            result.algorithm = algorithm
+            src_h, dst_h = _hash_both(src, _Side(dst.host, stage), sent, method)
+            bad = sorted(p for p in sent if src_h.get(p) is None or src_h.get(p) != dst_h.get(p))
+            if bad:
+                result.mismatched = bad
+                result.verified = False
+                # drop the bad copies so the next run sends them again
+                _run_script(dst.host, "cd -- " + remote_path_expr(stage) + " && rm -f -- " +
+                            " ".join(shlex.quote("./" + p) for p in bad), "removing corrupt copies")
+                raise VerificationError(
+                    f"{alias}: {len(bad)} file(s) differ after transfer ({', '.join(bad[:5])}); "
+                    f"nothing was published. Rerun to send them again; if it repeats, check the disk on {alias}")
+            result.verified = True
+            hashes = src_h
+        changed = bool(sent or result.deleted)
+        gone = set(sent) | set(result.deleted)
+        manifest = {p: h for p, h in old_manifest.items() if p not in gone}
+        if opts.verify and algorithm == XXH128:
+            manifest.update(hashes)
+            # files rsync found unchanged but the manifest does not know yet
+            missing = [p for p, f in list_tree(src.host, src.path).files.items()
+                       if f.kind == "f" and p not in manifest]
+            manifest.update(hash_files(src.host, src.path, missing, method))
+        if manifest != old_manifest:
+            dst.host.write_file(posixpath.join(stage, MANIFEST_NAME), manifest_text(manifest).encode("utf-8"))
+
+        # 5. publish in one step
+        if changed or manifest != old_manifest or not _is_dir(dst.host, dst.path):
+            _run_script(dst.host, _PUBLISH.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(stage),
+                                                  old=remote_path_expr(old)), "publishing")
+        else:
+            _run_script(dst.host, f"rm -rf -- {remote_path_expr(stage)}", "removing the unused staging copy")
+        result.published = True
+    result.seconds = round(time.monotonic() - start, 3)
+    return result
+
+
+def _source_sizes(src: _Side, paths: list[str]) -> dict[str, int]:
+    if not paths:
+        return {}
+    if src.host.is_local:
+        out = {}
+        for p in paths:
+            try:
+                out[p] = os.lstat(os.path.join(src.path, p)).st_size
+            except OSError:
+                pass
+        return out
+    tree = list_tree(src.host, src.path)
+    return {p: tree.files[p].size for p in paths if p in tree.files}
+
+
+def _hash_both(a: _Side, b: _Side, paths: list[str], method: str) -> tuple[dict[str, str], dict[str, str]]:
+    files = [p for p in paths if not p.endswith("/")]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fa = pool.submit(hash_files, a.host, a.path, files, method)
+        fb = pool.submit(hash_files, b.host, b.path, files, method)
+        return fa.result(), fb.result()
+
+
+def _read_manifest(host, directory: str) -> dict[str, str]:
+    res = host.script(f"cat -- {remote_path_expr(posixpath.join(directory, MANIFEST_NAME))} 2>/dev/null", timeout=120)
+    return parse_manifest(res.stdout) if res.exit_code == 0 else {}
