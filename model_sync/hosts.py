@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import posixpath
 import shlex
 import signal
 import socket
@@ -115,10 +116,12 @@ class LocalHost:
         os.replace(tmp, target)
 
     @contextlib.contextmanager
-    def lock(self, path: str, wait: bool = True, on_wait=None):
-        """An exclusive flock on `path`, held for the with-block."""
+    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = ""):
+        """An exclusive flock on `path`, held for the with-block. `then` is a
+        script run once the lock is held; the block receives its output."""
         import fcntl
 
+        os.makedirs(os.path.dirname(os.path.expanduser(path)) or ".", exist_ok=True)
         fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             try:
@@ -129,7 +132,13 @@ class LocalHost:
                 if on_wait:
                     on_wait()
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            out = ""
+            if then:
+                res = self.script(then, timeout=3600)
+                if res.exit_code != 0:
+                    raise RemoteError(self.alias, f"preparing the destination failed: {res.stderr.strip()}")
+                out = res.stdout
+            yield out
         finally:
             os.close(fd)
 
@@ -279,18 +288,24 @@ class RemoteHost:
             raise RemoteError(self.alias, f"cannot write {path}: {err or 'exit ' + str(code)}", code, err)
 
     @contextlib.contextmanager
-    def lock(self, path: str, wait: bool = True, on_wait=None):
+    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = ""):
         """An exclusive flock on the server, held by a process that lives as
-        long as this channel: if we die, the lock goes with us."""
+        long as this channel: if we die, the lock goes with us. `then` runs
+        once the lock is held (same round trip); the block gets its output."""
         busy = 'echo BUSY; flock 9 || exit 4' if wait else 'echo BUSY; exit 75'
-        script = (f"exec 9>>{remote_path_expr(path)} || exit 3\n"
+        lock_dir = remote_path_expr(posixpath.dirname(path) or ".")
+        then_part = f"( {then}\n) 9>&- || echo MS-THEN-FAILED\n" if then else ""
+        script = (f"mkdir -p -- {lock_dir} && exec 9>>{remote_path_expr(path)} || exit 3\n"
                   f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"
-                  f"if ! flock -n 9; then {busy}; fi\necho LOCKED\ncat >/dev/null\n")
+                  f"if ! flock -n 9; then {busy}; fi\necho LOCKED\n{then_part}echo MS-READY\ncat >/dev/null\n")
         chan = self._channel(f"sh -c {shlex.quote(script)}")
         try:
             out = chan.makefile("rb")
             while True:
-                line = out.readline().decode("utf-8", "replace").strip()
+                raw = out.readline()
+                if not raw:
+                    raise RemoteError(self.alias, f"cannot take the lock {path} (exit {chan.recv_exit_status()})")
+                line = raw.decode("utf-8", "replace").strip()
                 if line == "LOCKED":
                     break
                 if line == "BUSY" and wait:
@@ -302,7 +317,16 @@ class RemoteHost:
                 if line == "NOFLOCK":
                     raise RemoteError(self.alias, "flock (util-linux) is missing on the server; install util-linux")
                 raise RemoteError(self.alias, f"cannot take the lock {path} (exit {chan.recv_exit_status()})")
-            yield
+            then_out = []
+            while True:
+                raw = out.readline()
+                line = raw.decode("utf-8", "replace")
+                if line.strip() == "MS-READY" or not raw:
+                    break
+                then_out.append(line)
+            if "MS-THEN-FAILED\n" in then_out or not raw:
+                raise RemoteError(self.alias, "preparing the destination failed: " + "".join(then_out).strip())
+            yield "".join(then_out)
         finally:
             try:
                 chan.shutdown_write()

@@ -1,5 +1,6 @@
 """What a host can do, learnt in one round trip: rsync and hashing tools,
-and free space where the models live."""
+free space where the models live, and (for a transfer) the state of one
+model directory there: its files, its manifest, any staging copy."""
 
 from __future__ import annotations
 
@@ -13,13 +14,34 @@ _PROBE = r"""
 base={base}
 printf 'rsync=%s\n' "$(rsync --version 2>/dev/null | head -n 1)"
 if command -v xxhsum >/dev/null 2>&1; then printf 'xxhsum=%s\n' "$(xxhsum -V 2>&1 | head -n 1)"; fi
-printf 'pyxxhash=%s\n' "$(python3 -c 'import xxhash; print(xxhash.VERSION)' 2>/dev/null)"
+{pycheck}printf 'pyxxhash=%s\n' "$(python3 -c 'import xxhash; print(xxhash.VERSION)' 2>/dev/null)"
 if [ -d "$base" ]; then echo base_exists=1; else echo base_exists=0; fi
 printf 'base_abs=%s\n' "$base"
 printf 'flock=%s\n' "$(command -v flock)"
 p=$base
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
 printf 'df=%s\n' "$(df -Pk -- "$p" 2>/dev/null | tail -n 1)"
+"""
+
+# The state of one model directory (the transfer's target) on that host.
+# The listing comes last: NUL-separated records up to the end of the output.
+_TARGET = r"""
+target={target}
+printf 'target_abs=%s\n' "$target"
+parent=$(dirname -- "$target")
+stage="$parent/.$(basename -- "$target"){staging}"
+if [ -d "$target" ]; then echo target_dir=1; fi
+if [ -d "$stage" ]; then echo stage_dir=1; fi
+p=$parent
+while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
+printf 'target_df=%s\n' "$(df -Pk -- "$p" 2>/dev/null | tail -n 1)"
+look="$target"
+if [ {use_stage} = 1 ] && [ -d "$stage" ]; then look="$stage"; fi
+if [ -f "$look/{manifest}" ]; then echo MANIFEST-BEGIN; cat -- "$look/{manifest}"; echo; echo MANIFEST-END; fi
+if [ -d "$look" ]; then
+  echo LISTING
+  cd -- "$look" && find . -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} -printf '%y %s %T@ %P\0%l\0'
+fi
 """
 
 
@@ -42,8 +64,53 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
 
 
-def probe_script(model_base: str) -> str:
-    return _PROBE.format(base=remote_path_expr(model_base))
+def probe_script(model_base: str, full: bool = True) -> str:
+    # a transfer only needs python's xxhash when xxhsum is missing
+    pycheck = "" if full else "command -v xxhsum >/dev/null 2>&1 || "
+    return _PROBE.format(base=remote_path_expr(model_base), pycheck=pycheck)
+
+
+@dataclass
+class TargetState:
+    path: str  # absolute
+    is_dir: bool
+    stage_is_dir: bool
+    free_bytes: int | None  # at the target's parent (or its nearest existing ancestor)
+    manifest: dict[str, str]  # from the staging copy when there is one and use_stage
+    files: dict  # path -> manifest.FileEntry, of the staging copy or the target
+
+
+def target_expr(path: str) -> str:
+    """An absolute path, or one relative to $base (the probe's model_base)."""
+    return remote_path_expr(path) if path.startswith(("/", "~")) else '"$base"/' + remote_path_expr(path)
+
+
+def inspect(host, path: str, use_stage: bool) -> tuple[HostFacts, TargetState]:
+    """Probe a host and look at one model directory on it, in one round trip.
+    `path` is absolute or relative to the host's model_base (already checked
+    not to climb out of it)."""
+    from .manifest import MANIFEST_NAME, PARTIAL_DIR, parse_listing, parse_manifest
+    from .transfer import STAGING_SUFFIX
+
+    script = probe_script(host.server.model_base, full=False) + _TARGET.format(
+        target=target_expr(path), staging=STAGING_SUFFIX, use_stage=1 if use_stage else 0,
+        manifest=MANIFEST_NAME, partial=PARTIAL_DIR)
+    res = host.script(script, timeout=600)
+    head, sep, listing = res.stdout.partition("\nLISTING\n")
+    head, _, rest = head.partition("\nMANIFEST-BEGIN\n")
+    manifest_text, _, _ = rest.partition("\nMANIFEST-END")
+    facts = parse_probe(head)
+    values = dict(line.partition("=")[::2] for line in head.splitlines() if "=" in line)
+    fields = values.get("target_df", "").split()
+    state = TargetState(
+        path=values.get("target_abs", path),
+        is_dir=values.get("target_dir") == "1",
+        stage_is_dir=values.get("stage_dir") == "1",
+        free_bytes=int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None,
+        manifest=parse_manifest(manifest_text),
+        files=parse_listing(listing) if sep else {},
+    )
+    return facts, state
 
 
 def parse_probe(output: str) -> HostFacts:

@@ -26,7 +26,7 @@ from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
 from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (MANIFEST_NAME, SHA256, XXH128, hash_files, list_tree, manifest_text, parse_manifest,
                        remote_hash_method)
-from .probe import HostFacts, probe
+from .probe import HostFacts, TargetState, inspect
 from .rsync import Item, RsyncOptions, build_rsync_argv, check_result, run_rsync
 
 STAGING_SUFFIX = ".model-sync-staging"
@@ -100,10 +100,13 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 @dataclass
 class _Side:
-    """One end of a transfer: a host and a path on it."""
+    """One end of a transfer: a host and a path on it (with what we know of it)."""
 
     host: object
     path: str
+    tree: dict = field(default_factory=dict)  # source side: its files
+    state: TargetState | None = None  # destination side: as inspected
+    stage: str = ""
 
     def rsync_spec(self) -> str:
         if self.host.is_local:
@@ -151,17 +154,21 @@ def _local_rsync() -> None:
 # -- staging and publishing scripts (run on the destination host) ------------------
 _PREPARE = r"""
 dest={dest}; stage={stage}
-mkdir -p -- {parent} || exit 3
 if [ -d "$stage" ]; then echo resume
 elif [ -d "$dest" ]; then cp -al -- "$dest" "$stage" && echo linked
 else mkdir -- "$stage" && echo new
 fi
 """
 
-# Swap stage and dest in one step where the filesystem allows (renameat2
+# Write the manifest (from stdin) into the staging copy, then swap staging and
+# destination in one step where the filesystem allows (renameat2
 # RENAME_EXCHANGE); elsewhere (e.g. NFS) two renames a moment apart.
 _PUBLISH = r"""
 dest={dest}; stage={stage}; old={old}
+if [ {write_manifest} = 1 ]; then
+  cat > "$stage/{manifest}.tmp" && mv -f -- "$stage/{manifest}.tmp" "$stage/{manifest}" || exit 3
+fi
+if [ {swap} = 0 ]; then rm -rf -- "$stage"; echo unchanged; exit 0; fi
 if [ ! -e "$dest" ]; then mv -- "$stage" "$dest" || exit 3; echo published; exit 0; fi
 if command -v python3 >/dev/null 2>&1 && python3 -c '
 import ctypes, sys
@@ -184,19 +191,28 @@ def _dest_paths(dest: str) -> tuple[str, str, str, str]:
             posixpath.join(parent, f".{name}{LOCK_SUFFIX}"), posixpath.join(parent, f".{name}.model-sync-old"))
 
 
-def _run_script(host, script: str, what: str) -> str:
-    res = host.script(script, timeout=3600)
+def _run_script(host, script: str, what: str, stdin: bytes | None = None) -> str:
+    res = host.script(script, timeout=3600, stdin=stdin)
     if res.exit_code != 0:
         raise RemoteError(host.alias, f"{what} failed: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
                           res.exit_code, res.stderr)
     return res.stdout.strip()
 
 
-def _free_bytes(host, path: str) -> int | None:
-    script = (f"p={remote_path_expr(path)}\nwhile [ ! -e \"$p\" ]; do p=$(dirname -- \"$p\"); done\n"
-              "df -Pk -- \"$p\" | tail -n 1")
-    fields = host.script(script, timeout=60).stdout.split()
-    return int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None
+def _relative_or_absolute(path: str | None, alias: str, default_name: str | None) -> str:
+    """The server-side path as given: absolute, or relative to model_base
+    (normalised, and refused if it climbs out of model_base)."""
+    if not path:
+        if default_name is None:
+            raise UsageError(f"{alias}: give the model's path, e.g. {alias}:MODEL_NAME")
+        path = default_name
+    if path.startswith("/"):
+        return posixpath.normpath(path)
+    rel = posixpath.normpath(path)
+    if rel == "." or rel == ".." or rel.startswith("../"):
+        raise UsageError(f"{alias}: '{path}' leaves the server's model_base; "
+                         "give an absolute path if you mean a place outside it")
+    return rel
 
 
 # -- the transfer --------------------------------------------------------------------
@@ -206,37 +222,36 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
     if direction not in ("push", "pull"):
         raise UsageError(f"unknown direction {direction!r}")
     _local_rsync()
+    local_abs = os.path.abspath(os.path.expanduser(local_path))
+    if direction == "push" and not os.path.isdir(local_abs):
+        raise UsageError(f"{local_path} is not a directory; push sends a model directory")
+    rel = _relative_or_absolute(remote_path, alias, os.path.basename(local_abs.rstrip("/"))
+                                if direction == "push" else None)
     server = open_host(alias, config)
     here = server if server.is_local else LocalHost.this_machine()
     try:
-        facts = probe(server)
-        _check_rsync(facts, alias) if not server.is_local else None
-        method = remote_hash_method(facts) if not server.is_local else "xxhsum"
-        algorithm = SHA256 if method == "sha256" else XXH128
-        local_abs = os.path.abspath(os.path.expanduser(local_path))
+        # one round trip: the server's tools, and the model directory there
+        facts, remote = inspect(server, rel, use_stage=direction == "push")
+        if not server.is_local:
+            _check_rsync(facts, alias)
+        method = "xxhsum" if server.is_local else remote_hash_method(facts)
+        rpath = posixpath.normpath(remote.path)
         if direction == "push":
-            if not os.path.isdir(local_abs):
-                raise UsageError(f"{local_path} is not a directory; push sends a model directory")
-            src = _Side(here, local_abs)
-            dst = _Side(server, _remote_path(remote_path, facts, alias, os.path.basename(local_abs.rstrip("/"))))
+            src = _Side(here, local_abs, tree=list_tree(here, local_abs).files)
+            dst = _Side(server, rpath, state=remote)
         else:
-            rpath = _remote_path(remote_path, facts, alias, None)
-            if os.path.isdir(local_abs):
-                local_abs = os.path.join(local_abs, posixpath.basename(rpath.rstrip("/")))
-            src = _Side(server, rpath)
-            dst = _Side(here, local_abs)
-            if not _is_dir(server, rpath):
+            if not remote.is_dir:
                 raise UsageError(f"{alias}:{rpath} is not a model directory on the server; "
                                  f"see 'model-sync list {alias}'")
+            if os.path.isdir(local_abs):
+                local_abs = os.path.join(local_abs, posixpath.basename(rpath))
+            _, local_state = inspect(here, local_abs, use_stage=True)
+            src = _Side(server, rpath, tree=remote.files)
+            dst = _Side(here, local_abs, state=local_state)
         server_side = dst if direction == "push" else src
-        return _transfer(direction, alias, src, dst, server_side, opts, algorithm, method, progress, on_item,
-                         on_wait, cancel)
+        return _transfer(direction, alias, src, dst, server_side, opts, method, progress, on_item, on_wait, cancel)
     finally:
         server.close()
-
-
-def _is_dir(host, path: str) -> bool:
-    return host.script(f"[ -d {remote_path_expr(path)} ]", timeout=60).exit_code == 0
 
 
 def _rsh(side_a: _Side, side_b: _Side) -> str | None:
@@ -246,31 +261,41 @@ def _rsh(side_a: _Side, side_b: _Side) -> str | None:
     return None
 
 
-def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts: TransferOptions, algorithm,
-              method, progress, on_item, on_wait, cancel) -> TransferResult:
+def _plan(src: _Side, dst: _Side, ropts: RsyncOptions, rsh, cancel) -> list[PlannedFile]:
+    """What will be sent and deleted. From rsync's own dry run where its rules
+    matter (filters, deletion); otherwise from the two listings we already have."""
+    if not (ropts.excludes or ropts.includes or ropts.delete):
+        have = dst.state.files
+        return [PlannedFile(p, f.size, "send") for p, f in sorted(src.tree.items())
+                if f.kind == "f" and (p not in have or not f.same_quick(have[p]))]
+    target = dst.stage if dst.state.stage_is_dir else dst.path if dst.state.is_dir else None
+    with tempfile.TemporaryDirectory(prefix="model-sync-plan-") as empty:
+        plan_dst = _Side(dst.host, target) if target else _Side(LocalHost.this_machine(), empty)
+        run = run_rsync(build_rsync_argv(src.rsync_spec(), plan_dst.rsync_spec(), _rsh(src, plan_dst),
+                                         RsyncOptions(**{**ropts.__dict__, "dry_run": True})), cancel=cancel)
+    check_result(run, dst.host.alias)
+    planned = [PlannedFile(i.path, src.tree[i.path].size if i.path in src.tree else i.size, "send")
+               for i in run.sent_files]
+    return planned + [PlannedFile(p.rstrip("/"), 0, "delete") for p in run.deleted]
+
+
+def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts: TransferOptions, method,
+              progress, on_item, on_wait, cancel) -> TransferResult:
     start = time.monotonic()
-    parent, stage, lock, old = _dest_paths(dst.path)
+    algorithm = SHA256 if method == "sha256" else XXH128
+    parent, dst.stage, lock, old = _dest_paths(dst.path)
     rsh = _rsh(src, dst)
     ropts = RsyncOptions(compress=opts.compress, delete=opts.delete, excludes=opts.excludes,
                          includes=opts.includes, bwlimit=opts.bwlimit)
+
     def show(side: _Side) -> str:
         return f"{alias}:{side.path}" if side is server_side else side.path
 
     result = TransferResult(direction=direction, server=alias, source=show(src), destination=show(dst),
                             files=0, bytes=0, seconds=0.0, verified=None, algorithm=None)
 
-    # 1. plan: what rsync would send and delete, from rsync itself (against an
-    # empty local directory when there is no copy yet)
-    target = next((p for p in (stage, dst.path) if _is_dir(dst.host, p)), None)
-    with tempfile.TemporaryDirectory(prefix="model-sync-plan-") as empty:
-        plan_dst = _Side(dst.host, target) if target else _Side(LocalHost.this_machine(), empty)
-        plan_rsh = _rsh(src, plan_dst)
-        plan_run = run_rsync(build_rsync_argv(src.rsync_spec(), plan_dst.rsync_spec(), plan_rsh,
-                                              RsyncOptions(**{**ropts.__dict__, "dry_run": True})), cancel=cancel)
-    check_result(plan_run, alias)
-    sizes = _source_sizes(src, [i.path for i in plan_run.sent_files])
-    result.planned = [PlannedFile(i.path, sizes.get(i.path, i.size), "send") for i in plan_run.sent_files]
-    result.planned += [PlannedFile(p.rstrip("/"), 0, "delete") for p in plan_run.deleted]
+    # 1. plan, confirmation of deletions, room on the destination
+    result.planned = _plan(src, dst, ropts, rsh, cancel)
     to_send = sum(p.size for p in result.planned if p.action == "send")
     deletions = [p for p in result.planned if p.action == "delete"]
     if opts.dry_run:
@@ -282,22 +307,24 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         return result
     if deletions and not opts.confirmed:
         raise ConfirmationNeeded(deletions, result.destination)
-
-    # 2. preflight: room for every byte we are about to send
-    free = _free_bytes(dst.host, parent)
+    free = dst.state.free_bytes
     if free is not None and to_send * SPACE_MARGIN > free:
         from .render import human_size
 
         raise InsufficientSpace(f"{alias}: not enough space at {parent}: need {human_size(int(to_send * SPACE_MARGIN))}, "
                                 f"available {human_size(free)}; free some space (see 'model-sync prune') or pick another path")
 
-    _run_script(dst.host, f"mkdir -p -- {remote_path_expr(parent)}", "creating the destination's parent")
-    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait):
-        # 3. stage: a hard-link clone of the current copy (or what an interrupted run left)
-        _run_script(dst.host, _PREPARE.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(stage),
-                                              parent=remote_path_expr(parent)), "preparing the staging directory")
+    # 2. lock, then stage: a hard-link clone of the current copy (or what an
+    # interrupted run left), in the same round trip
+    prepare = _PREPARE.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(dst.stage))
+    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=prepare) as staged:
+        staged = staged.strip()
+        # the inspected manifest describes the staging copy only if that copy is
+        # the one we inspected (resumed) or a fresh clone of the inspected target
+        same = (staged == "resume" and dst.state.stage_is_dir) or (staged == "linked" and not dst.state.stage_is_dir)
+        old_manifest = dst.state.manifest if same else {}
         total = max(to_send, 1)
-        run = run_rsync(build_rsync_argv(src.rsync_spec(), _Side(dst.host, stage).rsync_spec(), rsh, ropts),
+        run = run_rsync(build_rsync_argv(src.rsync_spec(), _Side(dst.host, dst.stage).rsync_spec(), rsh, ropts),
                         progress=(lambda done: progress(min(done, total), total)) if progress else None,
                         on_item=on_item, cancel=cancel)
         check_result(run, alias)
@@ -305,63 +332,45 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         result.sent = sent
         result.deleted = [p.rstrip("/") for p in run.deleted]
         result.files = len(sent)
-        sizes = _source_sizes(src, sent)
-        result.bytes = sum(sizes.get(p, 0) for p in sent)
+        result.bytes = sum(src.tree[p].size if p in src.tree else 0 for p in sent)
 
-        # 4. verify what was sent, both ends at once; then the manifest
-        old_manifest = _read_manifest(dst.host, stage)
+        # 3. verify what was sent, both ends at once
         hashes: dict[str, str] = {}
         if opts.verify:
             result.algorithm = algorithm
-            src_h, dst_h = _hash_both(src, _Side(dst.host, stage), sent, method)
+            src_h, dst_h = _hash_both(src, _Side(dst.host, dst.stage), sent, method)
             bad = sorted(p for p in sent if src_h.get(p) is None or src_h.get(p) != dst_h.get(p))
             if bad:
                 result.mismatched = bad
                 result.verified = False
                 # drop the bad copies so the next run sends them again
-                _run_script(dst.host, "cd -- " + remote_path_expr(stage) + " && rm -f -- " +
+                _run_script(dst.host, "cd -- " + remote_path_expr(dst.stage) + " && rm -f -- " +
                             " ".join(shlex.quote("./" + p) for p in bad), "removing corrupt copies")
                 raise VerificationError(
                     f"{alias}: {len(bad)} file(s) differ after transfer ({', '.join(bad[:5])}); "
                     f"nothing was published. Rerun to send them again; if it repeats, check the disk on {alias}")
             result.verified = True
             hashes = src_h
-        changed = bool(sent or result.deleted)
+
+        # 4. the manifest: earlier entries of untouched files, plus what we hashed
         gone = set(sent) | set(result.deleted)
-        manifest = {p: h for p, h in old_manifest.items() if p not in gone}
+        manifest = {p: h for p, h in old_manifest.items()
+                    if p not in gone and (p in src.tree or p in dst.state.files)}
         if opts.verify and algorithm == XXH128:
             manifest.update(hashes)
-            # files rsync found unchanged but the manifest does not know yet
-            missing = [p for p, f in list_tree(src.host, src.path).files.items()
-                       if f.kind == "f" and p not in manifest]
+            missing = [p for p, f in src.tree.items() if f.kind == "f" and p not in manifest]
             manifest.update(hash_files(src.host, src.path, missing, method))
-        if manifest != old_manifest:
-            dst.host.write_file(posixpath.join(stage, MANIFEST_NAME), manifest_text(manifest).encode("utf-8"))
 
-        # 5. publish in one step
-        if changed or manifest != old_manifest or not _is_dir(dst.host, dst.path):
-            _run_script(dst.host, _PUBLISH.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(stage),
-                                                  old=remote_path_expr(old)), "publishing")
-        else:
-            _run_script(dst.host, f"rm -rf -- {remote_path_expr(stage)}", "removing the unused staging copy")
+        # 5. publish in one step (with the manifest, in the same round trip)
+        write = manifest != old_manifest
+        swap = bool(gone) or write or not dst.state.is_dir
+        _run_script(dst.host, _PUBLISH.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(dst.stage),
+                                              old=remote_path_expr(old), manifest=MANIFEST_NAME,
+                                              write_manifest=1 if write else 0, swap=1 if swap else 0),
+                    "publishing", stdin=manifest_text(manifest).encode("utf-8") if write else None)
         result.published = True
     result.seconds = round(time.monotonic() - start, 3)
     return result
-
-
-def _source_sizes(src: _Side, paths: list[str]) -> dict[str, int]:
-    if not paths:
-        return {}
-    if src.host.is_local:
-        out = {}
-        for p in paths:
-            try:
-                out[p] = os.lstat(os.path.join(src.path, p)).st_size
-            except OSError:
-                pass
-        return out
-    tree = list_tree(src.host, src.path)
-    return {p: tree.files[p].size for p in paths if p in tree.files}
 
 
 def _hash_both(a: _Side, b: _Side, paths: list[str], method: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -370,8 +379,3 @@ def _hash_both(a: _Side, b: _Side, paths: list[str], method: str) -> tuple[dict[
         fa = pool.submit(hash_files, a.host, a.path, files, method)
         fb = pool.submit(hash_files, b.host, b.path, files, method)
         return fa.result(), fb.result()
-
-
-def _read_manifest(host, directory: str) -> dict[str, str]:
-    res = host.script(f"cat -- {remote_path_expr(posixpath.join(directory, MANIFEST_NAME))} 2>/dev/null", timeout=120)
-    return parse_manifest(res.stdout) if res.exit_code == 0 else {}
