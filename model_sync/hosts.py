@@ -20,7 +20,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from .config import Config, ServerConfig
 from .errors import CommandTimeout, ConnectError, HostKeyError, ModelSyncError, RemoteError

@@ -24,7 +24,7 @@ from typing import Callable
 from .config import Config
 from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
 from .hosts import LocalHost, open_host, remote_path_expr
-from .manifest import (MANIFEST_NAME, SHA256, XXH128, hash_files, list_tree, manifest_text, parse_manifest,
+from .manifest import (MANIFEST_NAME, SHA256, XXH128, hash_files, list_tree, manifest_text,
                        remote_hash_method)
 from .probe import HostFacts, TargetState, inspect
 from .rsync import Item, RsyncOptions, build_rsync_argv, check_result, run_rsync

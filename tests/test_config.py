@@ -1,8 +1,6 @@
 """Config loading and validation: the seed's file loads unchanged; every
 mistake is one line naming file (and line) and the fix, exit code 2."""
 
-from pathlib import Path
-
 import pytest
 
 from model_sync.config import LOCAL_ALIAS, load_config, parse_config

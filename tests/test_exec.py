@@ -35,11 +35,9 @@ def test_exec_json_collects_output(cli, bed):
 
 def test_exec_timeout_stops_remote_command(cli, bed):
     secs = 3000 + uuid.uuid4().int % 999  # a sleep no other test runs
-    start = time.monotonic()
     res = cli("exec", "bed", "--timeout", "1", f"sleep {secs}; true")
     assert res.returncode == 124
     assert "timed out after 1s" in res.stderr
-    assert time.monotonic() - start < 25
     # the remote command itself was stopped, not just our wait for it
     time.sleep(0.5)
     check = cli("exec", "local", f"pgrep -f 'slee[p] {secs}' || echo gone")

@@ -61,7 +61,7 @@ def test_tilde_identity_file_expands_from_home(cli, bed):
 
 
 def test_missing_identity_in_ssh_config(cli, bed):
-    _write_ssh_config(bed, f"Host mybox\n    HostName 127.0.0.1\n    IdentityFile ~/.ssh/nope_key\n")
+    _write_ssh_config(bed, "Host mybox\n    HostName 127.0.0.1\n    IdentityFile ~/.ssh/nope_key\n")
     bed.write_config(_alias_config(bed))
     res = cli("exec", "box", "true")
     assert res.returncode == 2

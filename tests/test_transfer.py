@@ -298,3 +298,29 @@ def test_push_not_a_directory_and_missing_remote(bed, tmp_path):
     assert res.returncode == 2 and "is not a model directory on the server" in res.stderr
     res = run_cli("pull", "bed", str(tmp_path))
     assert res.returncode == 2 and "pull needs a path" in res.stderr
+
+
+def test_progress_bar_on_a_terminal(bed, model):
+    """On a terminal: a rich progress bar and a rich table; no animation when piped."""
+    import pty
+
+    exe = str(Path(sys.executable).parent / "model-sync")
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdout and stderr are the terminal
+        os.execvpe(exe, [exe, "push", str(model), "bed", "--bwlimit", "200K"],
+                   dict(os.environ, TERM="xterm", COLUMNS="120"))
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    text = out.decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "\x1b[" in text  # rich drew on the terminal
+    assert "━" in text  # the progress bar
+    assert "Verified" in text and "xxh3-128" in text
