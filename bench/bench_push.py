@@ -8,7 +8,11 @@ then alternates, round by round:
 and times `xxhsum -H2` over the same files. Every push goes to an empty
 destination. Prints a markdown report (medians and ratios to plain rsync).
 
-    python bench/bench_push.py --files 4 --size-mib 1024 --rounds 3
+    python bench/bench_push.py --files 4 --size-mib 1024 --rounds 3 [--with-compress]
+
+The files are named *.safetensors, so --compress skips them (rsync
+--skip-compress) as a user's weights would be; random data is the honest
+stand-in for trained weights, which do not compress either.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="where the data goes (default: a temp dir)")
+    ap.add_argument("--with-compress", action="store_true", help="also time model-sync push --compress")
     args = ap.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ms-bench-"))
@@ -83,6 +88,11 @@ def main() -> None:
             "model-sync push --no-verify": lambda d: [ms, "push", str(src), f"bench:{d}", "--no-verify"],
             "model-sync push (verify)": lambda d: [ms, "push", str(src), f"bench:{d}"],
         }
+        if args.with_compress:
+            variants["plain rsync -az -e ssh"] = \
+                lambda d: ["rsync", "-az", "-e", ssh, f"{src}/", f"{bed.user}@127.0.0.1:{d}/"]
+            variants["model-sync push --compress --no-verify"] = \
+                lambda d: [ms, "push", str(src), f"bench:{d}", "--no-verify", "--compress"]
         times: dict[str, list[float]] = {k: [] for k in variants}
         hash_times: list[float] = []
         names = list(variants)
