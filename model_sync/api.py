@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
+from . import inventory
 from .config import Config, ServerConfig, load_config
-from .errors import ModelSyncError
+from .errors import ModelSyncError, UsageError
 from .hosts import open_host
+from .inventory import DiffResult, ModelList, PruneResult, VersionsResult
 from .probe import probe
 from .sshconf import resolve
+from .transfer import TransferResult
 
 
 @dataclass
@@ -134,6 +137,21 @@ def exec_command(alias: str, command: str, config: Config | None = None, timeout
 
 
 # -- transfers ------------------------------------------------------------------
+@dataclass
+class TransferReport(TransferResult):
+    """A push or pull result plus what model-sync decided on the way: the
+    directory a selector chose, and warnings such as a name outside the
+    naming convention."""
+
+    selector: str | None = None  # as given, e.g. ASR@latest
+    resolved: str | None = None  # the path it chose, e.g. RTX3090_N2501_ASR_250820
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, result: TransferResult, **extra) -> "TransferReport":
+        return cls(**{f.name: getattr(result, f.name) for f in fields(result)}, **extra)
+
+
 def split_remote(spec: str, config: Config) -> tuple[str, str | None]:
     """'reaper:models/x' -> ('reaper', 'models/x'); 'reaper' -> ('reaper', None).
     Only a configured alias before the colon counts, so a local path with a
@@ -146,17 +164,39 @@ def split_remote(spec: str, config: Config) -> tuple[str, str | None]:
     return alias, path or None
 
 
-def push(local_path: str, destination: str, config: Config | None = None, opts=None, **hooks):
-    """Send a local model directory to `server[:path]`; verified and published atomically."""
-    from .transfer import TransferOptions, transfer
+def push(local_path: str, destination: str, config: Config | None = None, opts=None, strict: bool = False,
+         on_warning=None, **hooks):
+    """Send a local model directory to `server[:path]`; verified and published atomically.
+    A name outside the naming convention is a warning (`on_warning(text)` and
+    the result's `warnings`), or with strict=True an error before anything moves."""
+    import os
+    import posixpath
+
+    from .transfer import transfer
 
     config = config or load_config()
     alias, path = split_remote(destination, config)
-    return transfer("push", local_path, alias, path, config, opts or transfer_defaults(config), **hooks)
+    # the name the directory will have there
+    name = posixpath.basename(path.rstrip("/")) if path else os.path.basename(
+        os.path.abspath(os.path.expanduser(local_path)).rstrip("/"))
+    check = inventory.check_name(name, config.naming_pattern)
+    warnings = []
+    if not check.matches:
+        if strict:
+            raise UsageError(f"{check.message}; rename it (e.g. {check.example}) or push without --strict")
+        warnings.append(check.message)
+        if on_warning:
+            on_warning(check.message)
+    result = transfer("push", local_path, alias, path, config, opts or transfer_defaults(config), **hooks)
+    return TransferReport.of(result, warnings=warnings)
 
 
-def pull(source: str, local_path: str, config: Config | None = None, opts=None, **hooks):
-    """Fetch `server:path` into local_path (inside it when it is a directory)."""
+def pull(source: str, local_path: str, config: Config | None = None, opts=None, gpu: str | None = None,
+         on_resolve=None, **hooks):
+    """Fetch `server:path` into local_path (inside it when it is a directory).
+    `path` may be a selector, `MODEL@latest` or `MODEL@VERSION` (`gpu` narrows
+    it); the directory it chose is passed to `on_resolve(selector, path)` and
+    kept in the result's `resolved`."""
     from .transfer import transfer
 
     config = config or load_config()
@@ -164,7 +204,19 @@ def pull(source: str, local_path: str, config: Config | None = None, opts=None, 
     if path is None:
         from .errors import UsageError
         raise UsageError(f"pull needs a path on the server: {alias}:MODEL (see 'model-sync list {alias}')")
-    return transfer("pull", local_path, alias, path, config, opts or transfer_defaults(config), **hooks)
+    selector = None
+    if inventory.has_selector(path) or gpu is not None:
+        host = open_host(alias, config)
+        try:
+            concrete = inventory.resolve_remote_model(host, config, path, gpu)
+        finally:
+            host.close()
+        if concrete != path:
+            selector, path = path, concrete
+            if on_resolve:
+                on_resolve(selector, path)
+    result = transfer("pull", local_path, alias, path, config, opts or transfer_defaults(config), **hooks)
+    return TransferReport.of(result, selector=selector, resolved=path if selector else None)
 
 
 def transfer_defaults(config: Config):
@@ -187,10 +239,13 @@ class VerifyResult:
     mismatched: list[str]
     only_local: list[str]
     only_remote: list[str]
+    resolved: str | None = None  # the directory a MODEL@... selector chose
 
 
-def verify(local_path: str, destination: str, config: Config | None = None) -> VerifyResult:
-    """Hash every file on both ends (concurrently) and compare."""
+def verify(local_path: str, destination: str, config: Config | None = None, gpu: str | None = None,
+           on_resolve=None) -> VerifyResult:
+    """Hash every file on both ends (concurrently) and compare. The server
+    path may be a `MODEL@latest` / `MODEL@VERSION` selector (`gpu` narrows it)."""
     import os
 
     from .errors import UsageError
@@ -207,6 +262,13 @@ def verify(local_path: str, destination: str, config: Config | None = None) -> V
     server = open_host(alias, config)
     here = LocalHost.this_machine()
     try:
+        selector = None
+        if inventory.has_selector(path) or gpu is not None:
+            concrete = inventory.resolve_remote_model(server, config, path, gpu)
+            if concrete != path:
+                selector, path = path, concrete
+                if on_resolve:
+                    on_resolve(selector, path)
         facts = probe(server)
         method = "xxhsum" if server.is_local else remote_hash_method(facts)
         rpath = _remote_path(path, facts, alias, os.path.basename(local_abs.rstrip("/")))
@@ -233,4 +295,34 @@ def verify(local_path: str, destination: str, config: Config | None = None) -> V
         bytes=sum(ltree.files[p].size for p in common), algorithm=SHA256 if method == "sha256" else XXH128,
         seconds=round(time.monotonic() - start, 3), ok=not (mismatched or only_local or only_remote),
         mismatched=mismatched, only_local=only_local, only_remote=only_remote,
+        resolved=path if selector else None,
     )
+
+
+# -- what is on a server ----------------------------------------------------------
+
+def diff(left: str, right: str, config: Config | None = None, checksum: bool = False,
+         gpu: str | None = None) -> DiffResult:
+    """Compare two model trees: a local path or `server[:path]` on either side.
+    Each file is same, new (left only), modified or remote only (right only)."""
+    return inventory.diff(left, right, config or load_config(), checksum=checksum, gpu=gpu)
+
+
+def list_models(server: str, config: Config | None = None, filter: str | None = None,
+                sort: str = "name") -> ModelList:
+    """The model directories under a server's model_base, with size, newest
+    mtime and the naming convention's fields."""
+    return inventory.list_models(server, config or load_config(), filter=filter, sort=sort)
+
+
+def versions(server: str, config: Config | None = None, model: str | None = None,
+             gpu: str | None = None) -> VersionsResult:
+    """Versions on a server grouped by model and GPU, newest first."""
+    return inventory.versions(server, config or load_config(), model=model, gpu=gpu)
+
+
+def prune(server: str, model: str, keep: int, config: Config | None = None, gpu: str | None = None,
+          yes: bool = False) -> PruneResult:
+    """All but the `keep` newest versions of a model (per GPU): the plan, and
+    with yes=True their removal."""
+    return inventory.prune(server, config or load_config(), model, keep, gpu=gpu, yes=yes)

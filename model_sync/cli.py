@@ -13,6 +13,7 @@ import click
 from . import __version__, api, render
 from .config import Config, default_config_path, load_config, write_starter
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, ModelSyncError
+from .inventory import SORTS
 
 
 class State:
@@ -232,13 +233,25 @@ def _with_progress(state: State, call, opts, hooks):
         return call(opts=opts, progress=lambda done, total: bar.update(task, completed=done, total=total), **hooks)
 
 
+def _warn(text: str) -> None:
+    click.echo(f"model-sync: warning: {text}", err=True)
+
+
+def _resolved(selector: str, path: str) -> None:
+    click.echo(f"Resolved {selector} -> {render.cell(path)}", err=True)
+
+
+gpu_option = click.option("--gpu", metavar="GPU", help="Narrow a MODEL@latest or MODEL@VERSION selector to one GPU.")
+
+
 @cli.command()
 @transfer_options
+@click.option("--strict", is_flag=True, help="Refuse a directory name outside the naming convention (default: warn).")
 @output_options
 @click.argument("local_path")
 @click.argument("destination", metavar="SERVER[:PATH]")
 @click.pass_obj
-def push(state: State, local_path, destination, resume, **kw):
+def push(state: State, local_path, destination, resume, strict, **kw):
     """Send a local model directory to a server, verified and published atomically.
 
     PATH defaults to MODEL_BASE/<name of LOCAL_PATH>; a relative PATH is taken
@@ -250,43 +263,160 @@ def push(state: State, local_path, destination, resume, **kw):
       model-sync push ./langdetector-v1 reaper:langdetector/v1 --dry-run
     """
     _transfer_command(state, f"Syncing {local_path} to {destination} ...",
-                      lambda **k: api.push(local_path, destination, state.config, **k), kw)
+                      lambda **k: api.push(local_path, destination, state.config, strict=strict,
+                                           on_warning=_warn, **k), kw)
 
 
 @cli.command()
 @transfer_options
+@gpu_option
 @output_options
 @click.argument("source", metavar="SERVER:PATH")
 @click.argument("local_path")
 @click.pass_obj
-def pull(state: State, source, local_path, resume, **kw):
+def pull(state: State, source, local_path, resume, gpu, **kw):
     """Fetch a model directory from a server; into LOCAL_PATH/<name> when LOCAL_PATH is a directory.
+
+    PATH may be MODEL@latest (the newest version of MODEL) or MODEL@VERSION;
+    the directory it chose is printed on stderr.
 
     \b
     Examples:
       model-sync pull reaper:RTX3090_N2501_LANGDETECTOR_250715 ./models/
       model-sync pull doomfist:ASR@latest ./models/
+      model-sync pull doomfist:ASR@250820 ./models/ --gpu RTX3090
     """
     _transfer_command(state, f"Pulling {source} to {local_path} ...",
-                      lambda **k: api.pull(source, local_path, state.config, **k), kw)
+                      lambda **k: api.pull(source, local_path, state.config, gpu=gpu, on_resolve=_resolved, **k),
+                      kw)
 
 
 @cli.command()
+@gpu_option
 @output_options
 @click.argument("local_path")
 @click.argument("destination", metavar="SERVER[:PATH]")
 @click.pass_obj
-def verify(state: State, local_path, destination):
+def verify(state: State, local_path, destination, gpu):
     """Hash every file of a local model and its copy on a server, and compare.
 
     \b
-    Example:
+    Examples:
       model-sync verify ./RTX3090_N2501_LANGDETECTOR_250715 reaper
+      model-sync verify ./models/RTX3090_N2501_ASR_250820 doomfist:ASR@latest
     """
-    result = api.verify(local_path, destination, state.config)
+    result = api.verify(local_path, destination, state.config, gpu=gpu, on_resolve=_resolved)
     state.emit(result)
     if not result.ok:
         sys.exit(EXIT_VERIFY)
+
+
+@cli.command()
+@click.option("-c", "--checksum", is_flag=True,
+              help="Compare contents (xxh3-128, both sides at once) instead of size and modification time.")
+@gpu_option
+@output_options
+@click.argument("left", metavar="LOCAL_PATH")
+@click.argument("right", metavar="SERVER[:PATH]")
+@click.pass_obj
+def diff(state: State, left, right, checksum, gpu):
+    """Compare a model directory with its copy: same, new, modified or remote only per file.
+
+    Either side may be SERVER:PATH (two servers compare too) or a local path;
+    a bare SERVER on the right means the left's name under its model_base. Exit code as
+    diff(1): 0 identical, 1 different, 2 or more trouble.
+
+    \b
+    Examples:
+      model-sync diff ./langdetector reaper
+      model-sync diff ./langdetector reaper --checksum
+      model-sync diff reaper:RTX3090_N2501_ASR_250820 doomfist
+      model-sync diff doomfist:ASR@latest ./models/RTX3090_N2501_ASR_250820
+    """
+    try:
+        result = api.diff(left, right, state.config, checksum=checksum, gpu=gpu)
+    except ModelSyncError as exc:
+        if exc.exit_code < EXIT_USAGE:  # 1 means "they differ" here
+            exc.exit_code = EXIT_USAGE
+        raise
+    except Exception as exc:  # a bug of ours must not read as "they differ" either
+        if os.environ.get("MODEL_SYNC_DEBUG") == "1":
+            raise
+        err = ModelSyncError(f"internal error: {type(exc).__name__}: {exc} "
+                             "(rerun with MODEL_SYNC_DEBUG=1 for the traceback, and please report it)")
+        err.exit_code = EXIT_USAGE
+        raise err from exc
+    state.emit(result)
+    sys.exit(0 if result.identical else EXIT_FAILED)
+
+
+@cli.command("list")
+@click.option("--filter", "filter_", metavar="PATTERN",
+              help="Only names containing PATTERN (any case); a glob when it has * ? or [.")
+@click.option("--sort", type=click.Choice(SORTS), default="name", show_default=True,
+              help="name: natural order; size, modified: largest/newest first; version: by model, newest first.")
+@output_options
+@click.argument("server")
+@click.pass_obj
+def list_(state: State, server, filter_, sort):
+    """List the model directories on a server: size, last change and naming fields.
+
+    One row per directory under model_base (hidden entries, files and symlinks
+    are skipped). Size is 'du -s --apparent-size -B1' of each directory.
+
+    \b
+    Examples:
+      model-sync list reaper
+      model-sync list doomfist --filter asr --sort version
+      model-sync list reaper --filter 'RTX3090_*_ASR_*' --json
+    """
+    state.emit(api.list_models(server, state.config, filter=filter_, sort=sort))
+
+
+@cli.command()
+@click.option("--model", metavar="NAME", help="Only this model (the MODEL field, any case).")
+@click.option("--gpu", metavar="GPU", help="Only this GPU (the GPU field, any case).")
+@output_options
+@click.argument("server")
+@click.pass_obj
+def versions(state: State, server, model, gpu):
+    """Versions of each model on a server, by model and GPU, newest first; the latest marked.
+
+    \b
+    Examples:
+      model-sync versions doomfist
+      model-sync versions doomfist --model ASR --gpu RTX3090
+    """
+    state.emit(api.versions(server, state.config, model=model, gpu=gpu))
+
+
+@cli.command()
+@click.option("--model", metavar="NAME", required=True, help="The model whose old versions go (the MODEL field).")
+@click.option("--keep", type=click.IntRange(min=1), required=True, metavar="N",
+              help="How many of the newest versions to keep, per GPU (1 or more).")
+@click.option("--gpu", metavar="GPU", help="Only versions trained on this GPU.")
+@click.option("-y", "--yes", is_flag=True, help="Delete. Without it, only show what would be removed.")
+@output_options
+@click.argument("server")
+@click.pass_obj
+def prune(state: State, server, model, keep, gpu, yes):
+    """Remove all but the newest N versions of a model on a server (only with --yes).
+
+    Only directories directly under model_base that follow the naming
+    convention are considered; other models and other names are never touched.
+
+    \b
+    Examples:
+      model-sync prune reaper --model LANGDETECTOR --keep 3
+      model-sync prune reaper --model LANGDETECTOR --keep 3 --yes
+    """
+    result = api.prune(server, model, keep, state.config, gpu=gpu, yes=yes)
+    state.emit(result)
+    if result.dry_run and result.to_remove and state.fmt == "json":  # the table's notes say it otherwise
+        click.echo("model-sync: nothing was removed; rerun with --yes to delete the directories in to_remove",
+                   err=True)
+    if not result.ok:
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command()

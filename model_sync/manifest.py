@@ -146,7 +146,7 @@ def hash_with_script(host, root: str, paths: list[str], method: str) -> dict[str
     from .hosts import remote_path_expr
 
     out: dict[str, str] = {}
-    for chunk in _chunks(paths):
+    for chunk in chunked(paths):
         args = " ".join(shlex.quote("./" + p) for p in chunk)
         if method == "python":
             cmd = f"python3 -c {shlex.quote(_PY_HASH)} {args}"
@@ -183,15 +183,17 @@ def _is_hex(s: str) -> bool:
     return len(s) in (32, 64) and all(c in "0123456789abcdefABCDEF" for c in s)
 
 
-def _chunks(paths: list[str]):
+def chunked(items: list[str], limit: int = _CHUNK, overhead: int = 8):
+    """Split names into groups whose quoted length stays under `limit`, so
+    each group fits in one command line (one argv item is capped at 128 KiB)."""
     chunk: list[str] = []
     size = 0
-    for p in paths:
-        if chunk and size + len(p) + 8 > _CHUNK:
+    for item in items:
+        if chunk and size + len(item) + overhead > limit:
             yield chunk
             chunk, size = [], 0
-        chunk.append(p)
-        size += len(p) + 8
+        chunk.append(item)
+        size += len(item) + overhead
     if chunk:
         yield chunk
 

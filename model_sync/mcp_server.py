@@ -374,6 +374,187 @@ async def exec_(
     return present(_clip_output(result), _exec_text)
 
 
+TRANSFER_DEFAULT_TIMEOUT = 3600.0
+TRANSFER_MAX_TIMEOUT = 86400.0
+
+LocalModel = Annotated[str, Field(description=(
+    "Model directory on this machine, relative to the 'local' server's model_base, "
+    "e.g. 'RTX3090_N2501_LANGDETECTOR_250715'."))]
+OptionalRemotePath = Annotated[str | None, Field(description=(
+    "Path relative to the server's model_base; default: the local directory's name."))]
+Delete = Annotated[bool, Field(description=(
+    "Mirror: also remove files at the destination that the source does not have "
+    "(inside that model directory only). Destructive: needs the user's confirmation."))]
+Verify = Annotated[bool | None, Field(description=(
+    "Hash every transferred file on both ends (xxh3-128); default from the config (on)."))]
+DryRun = Annotated[bool, Field(description="Only report what would be sent and deleted; change nothing.")]
+TransferTimeout = Annotated[float, Field(gt=0, le=TRANSFER_MAX_TIMEOUT, description=(
+    "Give up after this many seconds; rsync stops and keeps partial files, so calling "
+    "again resumes."))]
+
+
+Gpu = Annotated[str | None, Field(description=(
+    "GPU field of the naming convention, to pick among versions for several GPUs, e.g. 'RTX3090'."))]
+ModelName = Annotated[str, Field(description="MODEL field of the naming convention, e.g. 'ASR' (any case).")]
+
+
+def _delete_question(verb: str):
+    def question(delete: bool = False, dry_run: bool = False, server: str = "") -> str | None:
+        if not delete or dry_run:
+            return None
+        return (f"{verb} with delete will remove files on the destination that the source does not have "
+                f"(server {server}). Go ahead?")
+    return question
+
+
+def _transfer_options(config: Config, verify: bool | None, delete: bool, dry_run: bool):
+    from dataclasses import replace
+
+    opts = api.transfer_defaults(config)
+    return replace(opts, verify=opts.verify if verify is None else verify, delete=delete, dry_run=dry_run,
+                   confirmed=True)  # deletion was confirmed through MCP before we get here
+
+
+@app.tool(title="Push a model to a server", annotations=DESTRUCTIVE)
+async def push(
+    model: LocalModel,
+    server: Server,
+    ok: Annotated[Confirmed, confirmation(_delete_question("push"))],
+    ctx: Context,
+    remote_path: OptionalRemotePath = None,
+    delete: Delete = False,
+    verify: Verify = None,
+    dry_run: DryRun = False,
+    confirm: Confirm = False,
+    timeout_seconds: TransferTimeout = TRANSFER_DEFAULT_TIMEOUT,
+) -> Annotated[CallToolResult, api.TransferReport]:
+    """Send a local model directory to a server with rsync over SSH: only changed files
+    travel, every sent file is verified, and the copy appears on the server complete or
+    not at all. Reports progress; an interrupted push resumes when called again."""
+    require_confirmation(ok)
+    config = app.load_config()
+    src = local_path(config, model)
+    dest = server if remote_path is None else f"{server}:{inside_base(remote_path, 'remote_path')}"
+    opts = _transfer_options(config, verify, delete, dry_run)
+    return await call(api.push, str(src), dest, config=config, opts=opts, report_to=ctx,
+                      limit=timeout_seconds, label=f"{server}: push")
+
+
+@app.tool(title="Pull a model from a server", annotations=DESTRUCTIVE)
+async def pull(
+    server: Server,
+    remote_path: Annotated[str, Field(description=(
+        "Model on the server, relative to its model_base, e.g. 'RTX3090_N2501_ASR_250820', "
+        "or a selector such as 'ASR@latest' or 'ASR@250820'."))],
+    ok: Annotated[Confirmed, confirmation(_delete_question("pull"))],
+    ctx: Context,
+    local_dir: Annotated[str, Field(description=(
+        "Directory under the 'local' server's model_base to pull into; the model lands inside it."))] = ".",
+    gpu: Gpu = None,
+    delete: Delete = False,
+    verify: Verify = None,
+    dry_run: DryRun = False,
+    confirm: Confirm = False,
+    timeout_seconds: TransferTimeout = TRANSFER_DEFAULT_TIMEOUT,
+) -> Annotated[CallToolResult, api.TransferReport]:
+    """Fetch a model directory from a server into this machine's model_base, verified,
+    appearing complete or not at all. Reports progress; calling again resumes."""
+    require_confirmation(ok)
+    config = app.load_config()
+    into = local_path(config, local_dir)
+    into.mkdir(parents=True, exist_ok=True)
+    rel = inside_base(remote_path, "remote_path")  # selectors too: 'ASR@latest' is a relative path
+    opts = _transfer_options(config, verify, delete, dry_run)
+    return await call(api.pull, f"{server}:{rel}", str(into), config=config, opts=opts, gpu=gpu,
+                      report_to=ctx, limit=timeout_seconds, label=f"{server}: pull")
+
+
+@app.tool(name="verify", title="Verify a copy on a server", annotations=READ_ONLY)
+async def verify_(
+    model: LocalModel,
+    server: Server,
+    remote_path: OptionalRemotePath = None,
+    timeout_seconds: TransferTimeout = TRANSFER_DEFAULT_TIMEOUT,
+) -> Annotated[CallToolResult, api.VerifyResult]:
+    """Hash every file of a local model and of its copy on a server (both at once) and
+    compare; reports mismatched and missing files."""
+    config = app.load_config()
+    src = local_path(config, model)
+    dest = server if remote_path is None else f"{server}:{inside_base(remote_path, 'remote_path')}"
+    return await call(api.verify, str(src), dest, config=config, limit=timeout_seconds, label=f"{server}: verify")
+
+
+@app.tool(title="List models on a server", annotations=READ_ONLY)
+async def list_models(
+    server: Server,
+    filter: Annotated[str | None, Field(description=(
+        "Only models whose name contains this (any case), or matches it as a glob (*, ?, [])."))] = None,
+    sort: Annotated[str, Field(pattern="^(name|size|modified|version)$", description=(
+        "Order: name, size, modified or version."))] = "name",
+) -> Annotated[CallToolResult, api.ModelList]:
+    """The model directories on a server with size, last change and the naming
+    convention's fields (GPU, date, model, version), and the total."""
+    config = app.load_config()
+    return await call(api.list_models, server, config=config, filter=filter, sort=sort, label=f"{server}: list")
+
+
+@app.tool(title="Model versions on a server", annotations=READ_ONLY)
+async def versions(
+    server: Server,
+    model: Annotated[str | None, Field(description="Only this model (MODEL field, any case), e.g. 'ASR'.")] = None,
+    gpu: Gpu = None,
+) -> Annotated[CallToolResult, api.VersionsResult]:
+    """Versions of each model on a server, grouped by model and GPU, newest first;
+    the latest is what 'MODEL@latest' picks."""
+    config = app.load_config()
+    return await call(api.versions, server, config=config, model=model, gpu=gpu, label=f"{server}: versions")
+
+
+@app.tool(title="Compare a model between two places", annotations=READ_ONLY)
+async def diff(
+    model: Annotated[str, Field(description=(
+        "Model directory relative to model_base (on the left side), or a selector like 'ASR@latest'."))],
+    server: Server,
+    left_server: Annotated[str, Field(description="Where the left copy is; 'local' is this machine.")] = LOCAL_ALIAS,
+    remote_path: OptionalRemotePath = None,
+    checksum: Annotated[bool, Field(description=(
+        "Compare contents by xxh3-128 instead of size and modification time."))] = False,
+    gpu: Gpu = None,
+) -> Annotated[CallToolResult, api.DiffResult]:
+    """Compare a model's files between two places (this machine or servers): same,
+    new (left only), modified, remote only, with the command that would sync them."""
+    config = app.load_config()
+    left = f"{left_server}:{inside_base(model, 'model')}"
+    right = f"{server}:{inside_base(remote_path or model, 'remote_path')}"
+    return await call(api.diff, left, right, config=config, checksum=checksum, gpu=gpu, label=f"{server}: diff")
+
+
+async def _prune_question(server: str = "", model: str = "", keep: int = 1, gpu: str | None = None) -> str | None:
+    plan = await run_bounded(api.prune, server, model, keep, config=app.load_config(), gpu=gpu, yes=False,
+                             label=f"{server}: prune")
+    names = [item.name for item in plan.to_remove]
+    if not names:
+        return None
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"Remove {len(names)} old version(s) of {model} on {server} ({shown})?"
+
+
+@app.tool(title="Remove old model versions", annotations=DESTRUCTIVE)
+async def prune(
+    server: Server,
+    model: ModelName,
+    keep: Annotated[int, Field(ge=1, description="How many of the newest versions to keep per model and GPU.")],
+    ok: Annotated[Confirmed, confirmation(_prune_question)],
+    gpu: Gpu = None,
+    confirm: Confirm = False,
+) -> Annotated[CallToolResult, api.PruneResult]:
+    """Remove all but the newest `keep` versions of a model (per GPU) under a server's
+    model_base. Never touches other models, names outside the convention, or the newest ones."""
+    require_confirmation(ok)
+    config = app.load_config()
+    return await call(api.prune, server, model, keep, config=config, gpu=gpu, yes=True, label=f"{server}: prune")
+
+
 def _clip_output(r: api.ExecResult) -> api.ExecResult:
     def tail(s: str) -> str:
         if len(s) <= EXEC_OUTPUT_MAX:

@@ -86,6 +86,8 @@ def view_of(cls):
 
 
 def views(result) -> list[View]:
+    if type(result) in VIEWS:  # a subclass's own view before its parent's
+        return VIEWS[type(result)](result)
     for cls, fn in VIEWS.items():
         if isinstance(result, cls):
             return fn(result)
@@ -143,6 +145,8 @@ def _register_builtin_views():
                 ["Only local", str(len(r.only_local))], ["Only remote", str(len(r.only_remote))],
                 ["Verified", "yes" if r.ok else "NO"]]
         notes = [f"{r.local} <-> {r.remote}"]
+        if r.resolved:
+            notes.append(f"Resolved to {cell(r.resolved)}")
         for label, names in (("Mismatched", r.mismatched), ("Only local", r.only_local),
                              ("Only remote", r.only_remote)):
             if names:
@@ -156,6 +160,133 @@ def _register_builtin_views():
         if r.timed_out:
             rows.append(["Timed out", "yes"])
         return [View("Exec", ["Metric", "Value"], rows)]
+
+
+def human_date(ts: int | None) -> str:
+    """A day, in this machine's time zone (as the seed's Modified column)."""
+    if ts is None:
+        return "-"
+    import time
+
+    return time.strftime("%Y-%m-%d", time.localtime(ts))
+
+
+def _plural(n: int, word: str = "file", plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def _register_inventory_views():
+    import shlex
+
+    from .api import TransferReport
+    from .inventory import DiffResult, ModelList, PruneResult, VersionsResult
+    from .transfer import TransferResult
+
+    @view_of(TransferReport)
+    def _report(r: TransferReport) -> list[View]:
+        out = VIEWS[TransferResult](r)
+        if r.selector:
+            out[0].notes.insert(0, f"Resolved {r.selector} -> {cell(r.resolved)}")
+        out[0].notes.extend(f"Warning: {cell(w)}" for w in r.warnings)
+        return out
+
+    def size_of(n: int | None, complete: bool = True) -> str:
+        return human_size(n) if complete or n is None else ">=" + human_size(n)
+
+    @view_of(DiffResult)
+    def _diff(r: DiffResult) -> list[View]:
+        rows = [[cell(e.path), "-" if e.left_size is None else human_size(e.left_size),
+                 "-" if e.right_size is None else human_size(e.right_size), e.status] for e in r.entries]
+        lo, ro = r.left.label, r.right.label
+        short = {"Local": "local", "Remote": "remote", "Left": "left", "Right": "right"}
+        notes = [f"{cell(r.left.display)} <-> {cell(r.right.display)}"]
+        for side in (r.left, r.right):
+            if side.resolved:
+                notes.append(f"Resolved {cell(side.spec)} -> {cell(side.resolved)}")
+            if not side.exists:
+                notes.append(f"{cell(side.display)} does not exist")
+        mode = f"Compared contents ({r.algorithm})" if r.checksum else "Compared size and modification time"
+        if r.checksum:
+            reused = r.left.reused + r.right.reused
+            mode += f"; hashed {r.left.hashed + r.right.hashed}, {reused} from .model-sync.xxh128 manifests" \
+                if reused else f"; hashed {r.left.hashed + r.right.hashed}"
+        only_right = "Remote only" if ro == "Remote" else f"Remote only ({short.get(ro, ro)})"
+        notes += [mode, "", "Summary:", f"- Same: {_plural(r.same)}",
+                  f"- New ({short.get(lo, lo)}): {_plural(r.new)}", f"- Modified: {_plural(r.modified)}",
+                  f"- {only_right}: {_plural(r.remote_only)}", ""]
+        if r.identical:
+            notes.append("Identical: nothing to sync")
+        elif r.sync_command:
+            notes.append(f"Run '{r.sync_command}' to sync")
+            if r.remote_only and r.sync_command.startswith("model-sync push"):
+                notes.append(f"(add --delete to also remove the {_plural(r.remote_only)} only on "
+                             f"{cell(r.right.server or r.right.display)})")
+        return [View(f"Sync Status: {cell(r.name)}", ["File", lo, ro, "Status"], rows, notes)]
+
+    @view_of(ModelList)
+    def _list(r: ModelList) -> list[View]:
+        rows = [[cell(m.name), size_of(m.bytes, m.complete), human_date(m.modified),
+                 *[cell(m.fields.get(f, "")) if m.matches else "" for f in r.fields]] for m in r.models]
+        title = f"Models on {r.server}" + (f" matching '{cell(r.filter)}'" if r.filter else "")
+        noun = "model" if len(r.models) == 1 else "models"
+        notes = [f"Total: {len(r.models)} {noun}, {human_size(r.total_bytes)}"]
+        if not r.exists:
+            notes.append(f"{cell(r.model_base)} does not exist on {r.server} yet")
+        if any(not m.complete for m in r.models):
+            notes.append(">= : some files could not be read, the size is a lower bound")
+        return [View(title, ["Model", "Size", "Modified", *r.fields], rows, notes)]
+
+    @view_of(VersionsResult)
+    def _versions(r: VersionsResult) -> list[View]:
+        rows = []
+        for g in r.groups:
+            for v in g.versions:
+                rows.append([cell(g.model), cell(g.gpu), cell(v.version), cell(v.date), cell(v.name),
+                             size_of(v.bytes, v.complete), human_date(v.modified), "latest" if v.latest else ""])
+        title = f"Versions on {r.server}" + (f": {cell(r.model)}" if r.model else "") + \
+            (f" ({cell(r.gpu)})" if r.gpu else "")
+        count = sum(len(g.versions) for g in r.groups)
+        models = len({g.model.casefold() for g in r.groups})
+        gpus = len({g.gpu.casefold() for g in r.groups})
+        notes = [f"{_plural(count, 'version')} of {_plural(models, 'model')} on {_plural(gpus, 'GPU')}; "
+                 "newest first"]
+        if r.unmatched and r.model is None:
+            shown = ", ".join(cell(n) for n in r.unmatched[:10]) + (" ..." if len(r.unmatched) > 10 else "")
+            notes.append(f"Not following {r.pattern}: {shown}")
+        if r.groups:
+            g = r.groups[0]
+            notes.append(f"Pull the newest with 'model-sync pull {r.server}:{shlex.quote(g.model + '@latest')} ./'"
+                         + (f" (add --gpu {g.gpu})" if len({x.gpu.casefold() for x in r.groups
+                                                           if x.model.casefold() == g.model.casefold()}) > 1 else ""))
+        return [View(title, ["Model", "GPU", "Version", "Date", "Directory", "Size", "Modified", "Latest"],
+                     rows, notes)]
+
+    @view_of(PruneResult)
+    def _prune(r: PruneResult) -> list[View]:
+        done = {i.path: i for i in r.removed + r.failed}
+        rows = []
+        for i in sorted(r.kept + r.to_remove, key=lambda i: (i.gpu.casefold(), i.status != "keep")):
+            status = done[i.path].status if i.path in done else i.status
+            rows.append([cell(i.name), cell(i.gpu), cell(i.version), human_size(i.bytes), status])
+        title = f"Prune {cell(r.model)} on {r.server}: keep the newest {r.keep}" + \
+            (f" ({cell(r.gpu)})" if r.gpu else "")
+        if not r.to_remove:
+            notes = ["Nothing to remove."]
+        elif r.dry_run:
+            notes = [f"Would remove {_plural(len(r.to_remove), 'directory', 'directories')}, "
+                     f"freeing {human_size(r.bytes_to_free)}. Nothing was removed: rerun with --yes to delete them."]
+        else:
+            notes = [f"Removed {len(r.removed)} of {len(r.to_remove)}, freed {human_size(r.bytes_freed)}."]
+            for i in r.failed:
+                notes.append(f"Not removed: {cell(i.name)} ({_REASONS.get(i.status, i.status)})")
+        return [View(title, ["Directory", "GPU", "Version", "Size", "Action"], rows, notes)]
+
+
+_REASONS = {
+    "missing": "already gone", "busy": "a transfer holds its lock; try again later",
+    "symlink": "it is a symlink now", "outside": "not a directory directly under model_base",
+    "failed": "rm failed; check permissions with 'model-sync exec'",
+}
 
 
 # -- output forms ---------------------------------------------------------------
@@ -231,3 +362,4 @@ def print_result(result, fmt: str = "auto", file=None) -> None:
 
 
 _register_builtin_views()
+_register_inventory_views()

@@ -29,7 +29,7 @@ from sshbed import keygen
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"list_servers", "exec"}  # grows with each api function
+TOOLS = {"list_servers", "exec", "push", "pull", "verify", "list_models", "versions", "diff", "prune"}
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -409,3 +409,97 @@ async def test_unexpected_exception_is_one_line_without_traceback():
     async with Client(app) as client:
         r = await client.call_tool("crash", {})
     assert r.is_error and text_of(r) == "internal error in crash: ValueError: boom (details in the server's log)"
+
+
+# -- transfers over MCP (real sshd, real rsync) ---------------------------------------------
+def _local_model(bed, name="RTX3090_N2501_LANGDETECTOR_250715"):
+    root = bed.local_base / name
+    (root / "1").mkdir(parents=True)
+    (root / "config.pbtxt").write_bytes(b"name: m\n")
+    (root / "1" / "model.onnx").write_bytes(bytes(range(256)) * 400)
+    return root
+
+
+async def test_push_pull_verify_over_mcp_with_progress(session, bed):
+    src = _local_model(bed)
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total))
+
+    r = await session.call_tool("push", {"model": src.name, "server": "bed"}, progress_callback=on_progress)
+    assert not r.is_error, r.content
+    data = r.structured_content
+    assert data["files"] == 2 and data["verified"] is True and data["published"] is True
+    assert "| Verified | yes (xxh3-128) |" in text_of(r)
+    assert (bed.remote_base / src.name / "1" / "model.onnx").read_bytes() == (src / "1" / "model.onnx").read_bytes()
+    assert seen and seen[-1][0] == seen[-1][1] == 102_400 + 8
+
+    r = await session.call_tool("verify", {"model": src.name, "server": "bed"})
+    assert not r.is_error and r.structured_content["ok"] is True
+
+    r = await session.call_tool("pull", {"server": "bed", "remote_path": src.name, "local_dir": "pulled"})
+    assert not r.is_error, r.content
+    assert (bed.local_base / "pulled" / src.name / "config.pbtxt").read_bytes() == b"name: m\n"
+
+
+async def test_push_with_delete_needs_confirm(session, bed):
+    src = _local_model(bed)
+    assert not (await session.call_tool("push", {"model": src.name, "server": "bed"})).is_error
+    (src / "config.pbtxt").unlink()
+    r = await session.call_tool("push", {"model": src.name, "server": "bed", "delete": True})
+    assert r.is_error and "confirm=true" in text_of(r)
+    assert (bed.remote_base / src.name / "config.pbtxt").exists()
+    r = await session.call_tool("push", {"model": src.name, "server": "bed", "delete": True, "confirm": True})
+    assert not r.is_error, r.content
+    assert r.structured_content["deleted"] == ["config.pbtxt"]
+    assert not (bed.remote_base / src.name / "config.pbtxt").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ({"model": "../../etc", "server": "bed"}, "leaves the server's model_base"),
+    ({"model": "/etc", "server": "bed"}, "must be relative"),
+    ({"model": "x", "server": "bed", "remote_path": "../up"}, "leaves the server's model_base"),
+])
+async def test_transfer_paths_stay_under_model_base(session, bed, args, fragment):
+    r = await session.call_tool("push", args)
+    assert r.is_error and fragment in text_of(r)
+    assert list(bed.remote_base.iterdir()) == []
+
+
+async def test_list_versions_diff_prune_over_mcp(session, bed):
+    for version in ("250101", "250301", "250201"):
+        d = bed.remote_base / f"RTX3090_N2501_ASR_{version}"
+        d.mkdir()
+        (d / "w.bin").write_bytes(version.encode())
+    (bed.remote_base / "notes").mkdir()
+
+    r = await session.call_tool("list_models", {"server": "bed", "filter": "asr", "sort": "version"})
+    assert not r.is_error, r.content
+    assert "Total: 3 models" in text_of(r)
+
+    r = await session.call_tool("versions", {"server": "bed", "model": "asr"})
+    assert not r.is_error and "RTX3090_N2501_ASR_250301" in text_of(r)
+
+    r = await session.call_tool("pull", {"server": "bed", "remote_path": "ASR@latest", "local_dir": "got"})
+    assert not r.is_error, r.content
+    assert (bed.local_base / "got" / "RTX3090_N2501_ASR_250301" / "w.bin").read_bytes() == b"250301"
+
+    r = await session.call_tool("diff", {"model": "got/RTX3090_N2501_ASR_250301", "server": "bed",
+                                         "remote_path": "RTX3090_N2501_ASR_250301"})
+    assert not r.is_error, r.content
+    assert "Same: 1" in text_of(r)
+
+    # prune: refused without confirm (this client cannot be asked), then done with it
+    r = await session.call_tool("prune", {"server": "bed", "model": "ASR", "keep": 1})
+    assert r.is_error and "Remove 2 old version(s) of ASR on bed" in text_of(r) and "confirm=true" in text_of(r)
+    assert len(list(bed.remote_base.glob("RTX3090_N2501_ASR_*"))) == 3
+    r = await session.call_tool("prune", {"server": "bed", "model": "ASR", "keep": 1, "confirm": True})
+    assert not r.is_error, r.content
+    assert [p.name for p in bed.remote_base.glob("RTX3090_N2501_ASR_*")] == ["RTX3090_N2501_ASR_250301"]
+    assert (bed.remote_base / "notes").is_dir()
+
+
+async def test_selector_cannot_escape_model_base(session, bed):
+    r = await session.call_tool("pull", {"server": "bed", "remote_path": "/etc/X@latest"})
+    assert r.is_error and "must be relative" in text_of(r)
