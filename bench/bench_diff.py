@@ -70,6 +70,7 @@ def main() -> None:
         src = work / "src" / "RTX3090_N2501_BIG_250101"
         paths = make_tree(src, args.files)
         dest = base / src.name
+        base.mkdir(parents=True, exist_ok=True)
         subprocess.run(["rsync", "-a", f"{src}/", f"{dest}/"], check=True)
         ms = shutil.which("model-sync") or str(Path(sys.executable).parent / "model-sync")
         ssh = (f"ssh -i {bed.client_key} -p {bed.port} -o UserKnownHostsFile={kh} -o StrictHostKeyChecking=yes "

@@ -51,6 +51,7 @@ class Defaults:
     compress: bool = False
     delete: bool = False
     connect_timeout: int = 10
+    io_timeout: int = 120
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ DEFAULT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "compress": ((bool,), "rsync -z; model weights rarely compress, so the default is false"),
     "delete": ((bool,), "mirror deletions inside the model directory (default false)"),
     "connect_timeout": ((int,), "seconds to wait for an SSH connection (default 10)"),
+    "io_timeout": ((int,), "seconds a transfer may stall (no data moving) before it stops, resumable (default 120)"),
 }
 NAMING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "pattern": ((str,), f"model directory naming convention (default {DEFAULT_PATTERN})"),
@@ -256,8 +258,9 @@ def parse_config(text: str, path: Path) -> Config:
 
     raw_defaults = check.mapping(top.get("defaults"), "defaults", top.lines.get("defaults"))
     dvals = check.typed(raw_defaults, DEFAULT_KEYS, "defaults")
-    if dvals.get("connect_timeout", 1) <= 0:
-        check.fail("defaults.connect_timeout must be a positive number of seconds", raw_defaults.lines.get("connect_timeout"))
+    for key in ("connect_timeout", "io_timeout"):
+        if dvals.get(key, 1) <= 0:
+            check.fail(f"defaults.{key} must be a positive number of seconds", raw_defaults.lines.get(key))
     defaults = Defaults(**dvals)
 
     raw_naming = check.mapping(top.get("naming"), "naming", top.lines.get("naming"))

@@ -107,15 +107,8 @@ class LocalHost:
             raise
         return CommandResult(proc.returncode, _text(out), _text(err), time.monotonic() - start)
 
-    def write_file(self, path: str, data: bytes) -> None:
-        """Write a file atomically (temp name, then rename)."""
-        target = Path(os.path.expanduser(path))
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-
     @contextlib.contextmanager
-    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = ""):
+    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120):
         """An exclusive flock on `path`, held for the with-block. `then` is a
         script run once the lock is held; the block receives its output."""
         import fcntl
@@ -178,7 +171,6 @@ class RemoteHost:
         self.alias = server.alias
         self.target = target
         self._conn = None
-        self._base: str | None = None
 
     @property
     def label(self) -> str:
@@ -270,33 +262,26 @@ class RemoteHost:
         chan.exec_command(command)
         return chan
 
-    def write_file(self, path: str, data: bytes) -> None:
-        """Write a file on the server atomically; the bytes go over stdin, so
-        any size works and nothing in them reaches a shell."""
-        q = remote_path_expr(path)
-        tmp = remote_path_expr(path + ".tmp-model-sync")
-        chan = self._channel(f"sh -c {shlex.quote(f'cat > {tmp} && mv -f -- {tmp} {q}')}", timeout=300)
-        try:
-            chan.sendall(data)
-            chan.shutdown_write()
-            err = chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip()
-            code = chan.recv_exit_status()
-        finally:
-            chan.close()
-        if code != 0:
-            raise RemoteError(self.alias, f"cannot write {path}: {err or 'exit ' + str(code)}", code, err)
-
     @contextlib.contextmanager
-    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = ""):
-        """An exclusive flock on the server, held by a process that lives as
-        long as this channel: if we die, the lock goes with us. `then` runs
-        once the lock is held (same round trip); the block gets its output."""
+    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120):
+        """An exclusive flock on the server, held by a process tied to this
+        channel: it lets go when the channel closes or, if the network dies
+        and the close never arrives, when our heartbeats stop for
+        `stale_after` seconds, so a re-run is not locked out for hours.
+        `then` runs once the lock is held (same round trip); the block gets
+        its output."""
         busy = 'echo BUSY; flock 9 || exit 4' if wait else 'echo BUSY; exit 75'
         lock_dir = remote_path_expr(posixpath.dirname(path) or ".")
-        then_part = f"( {then}\n) 9>&- || echo MS-THEN-FAILED\n" if then else ""
+        # markers with a random token: the `then` output may hold any file name
+        token = os.urandom(8).hex()
+        ready, failed = f"MS-READY-{token}", f"MS-FAILED-{token}"
+        then_part = f"( {then}\n) 9>&- || printf '\\n%s\\n' {failed}\n" if then else ""
+        stale = max(30, int(stale_after))
+        hold = (f"if command -v timeout >/dev/null 2>&1; then "
+                f"while [ \"$(timeout {stale} head -c 1)\" = k ]; do :; done; else cat >/dev/null; fi\n")
         script = (f"mkdir -p -- {lock_dir} && exec 9>>{remote_path_expr(path)} || exit 3\n"
                   f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"
-                  f"if ! flock -n 9; then {busy}; fi\necho LOCKED\n{then_part}echo MS-READY\ncat >/dev/null\n")
+                  f"if ! flock -n 9; then {busy}; fi\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
         chan = self._channel(f"sh -c {shlex.quote(script)}")
         try:
             out = chan.makefile("rb")
@@ -319,13 +304,23 @@ class RemoteHost:
             then_out = []
             while True:
                 raw = out.readline()
-                line = raw.decode("utf-8", "replace")
-                if line.strip() == "MS-READY" or not raw:
+                line = raw.decode("utf-8", "surrogateescape")
+                if line.rstrip("\n") in (ready, failed) or not raw:
                     break
                 then_out.append(line)
-            if "MS-THEN-FAILED\n" in then_out or not raw:
-                raise RemoteError(self.alias, "preparing the destination failed: " + "".join(then_out).strip())
-            yield "".join(then_out)
+            if not raw or line.rstrip("\n") == failed:
+                err = chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip() if not raw else ""
+                raise RemoteError(self.alias, "preparing the destination failed: "
+                                  + ("".join(then_out).strip() or err or "connection closed"))
+            # drop the newline printed before the marker
+            text = "".join(then_out)
+            then_out = [text[:-1] if text.endswith("\n") else text]
+            beating = threading.Event()
+            threading.Thread(target=_heartbeat, args=(chan, beating, stale / 4), daemon=True).start()
+            try:
+                yield "".join(then_out)
+            finally:
+                beating.set()
         finally:
             try:
                 chan.shutdown_write()
@@ -353,6 +348,15 @@ class RemoteHost:
             raise ConnectError(self.alias, f"connection lost: {exc}") from exc
         code = res.exited if res.exited is not None else 255
         return CommandResult(code, res.stdout or "", res.stderr or "", time.monotonic() - start)
+
+
+def _heartbeat(chan, stop: threading.Event, every: float) -> None:
+    """Tell the lock holder on the server that we are still here."""
+    while not stop.wait(every):
+        try:
+            chan.sendall(b"k")
+        except Exception:  # a dead channel: the server side will let go by itself
+            return
 
 
 class _Refuse:

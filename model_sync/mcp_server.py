@@ -25,7 +25,7 @@ and hand its result to `call()`:
   `ok: Annotated[Confirmed, confirmation(question)]` after the required
   parameters (the SDK fills it; clients never see it) and `confirm: Confirm = False`,
   and call `require_confirmation(ok)` first; see `confirmation()`.
-- `call()` reserves the keyword names limit, label, report_to and text.
+- `call()` reserves the keyword names limit, label, report_to, cancellable and text.
 - Annotations: READ_ONLY (list_servers, list_models, versions, diff, verify),
   DESTRUCTIVE (exec, prune, and push/pull since they may delete or overwrite).
 """
@@ -243,7 +243,7 @@ def present(result, text: Callable[[Any], str] = render.markdown) -> CallToolRes
 
 
 async def run_bounded(fn: Callable[..., T], /, *args, limit: float = DEFAULT_LIMIT, label: str | None = None,
-                      report_to: Context | None = None, **kwargs) -> T:
+                      report_to: Context | None = None, cancellable: bool = False, **kwargs) -> T:
     """Run a blocking core call in a worker thread. A call that outlives
     `limit` seconds (a hung host) or is cancelled by the client is abandoned,
     so the server stays responsive; the thread learns at its next progress
@@ -251,6 +251,8 @@ async def run_bounded(fn: Callable[..., T], /, *args, limit: float = DEFAULT_LIM
     abandoned = threading.Event()
     if report_to is not None:
         kwargs["progress"] = ProgressBridge(report_to, abandoned)
+    if cancellable:  # the core checks it between steps and stops rsync at once
+        kwargs["cancel"] = abandoned
     finished = False
     try:
         with anyio.fail_after(limit):
@@ -437,7 +439,7 @@ async def push(
     dest = server if remote_path is None else f"{server}:{inside_base(remote_path, 'remote_path')}"
     opts = _transfer_options(config, verify, delete, dry_run)
     return await call(api.push, str(src), dest, config=config, opts=opts, report_to=ctx,
-                      limit=timeout_seconds, label=f"{server}: push")
+                      cancellable=True, limit=timeout_seconds, label=f"{server}: push")
 
 
 @app.tool(title="Pull a model from a server", annotations=DESTRUCTIVE)
@@ -466,7 +468,7 @@ async def pull(
     rel = inside_base(remote_path, "remote_path")  # selectors too: 'ASR@latest' is a relative path
     opts = _transfer_options(config, verify, delete, dry_run)
     return await call(api.pull, f"{server}:{rel}", str(into), config=config, opts=opts, gpu=gpu,
-                      report_to=ctx, limit=timeout_seconds, label=f"{server}: pull")
+                      report_to=ctx, cancellable=True, limit=timeout_seconds, label=f"{server}: pull")
 
 
 @app.tool(name="verify", title="Verify a copy on a server", annotations=READ_ONLY)

@@ -4,6 +4,7 @@ model directory there: its files, its manifest, any staging copy."""
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -23,26 +24,41 @@ while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
 printf 'df=%s\n' "$(df -Pk -- "$p" 2>/dev/null | tail -n 1)"
 """
 
-# The state of one model directory (the transfer's target) on that host.
-# The listing comes last: NUL-separated records up to the end of the output.
-_TARGET = r"""
-target={target}
-printf 'target_abs=%s\n' "$target"
-parent=$(dirname -- "$target")
-stage="$parent/.$(basename -- "$target"){staging}"
-if [ -d "$target" ]; then echo target_dir=1; fi
+# The state of one model directory (a transfer's target) and of its staging
+# copy. Text first (key=value lines, then the manifest), then NUL-separated
+# listings, each opened by an "@@LIST name" record and closed by "@@END":
+# no file name can fake either, as no name is empty or contains NUL.
+_STATE = r"""
+target={target}; stage={stage}
+if [ -L "$target" ]; then echo target_link=1; fi
+if [ -d "$target" ]; then echo target_dir=1; elif [ -e "$target" ]; then echo target_other=1; fi
 if [ -d "$stage" ]; then echo stage_dir=1; fi
-p=$parent
+p=$(dirname -- "$target")
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
 printf 'target_df=%s\n' "$(df -Pk -- "$p" 2>/dev/null | tail -n 1)"
 look="$target"
 if [ {use_stage} = 1 ] && [ -d "$stage" ]; then look="$stage"; fi
 if [ -f "$look/{manifest}" ]; then echo MANIFEST-BEGIN; cat -- "$look/{manifest}"; echo; echo MANIFEST-END; fi
-if [ -d "$look" ]; then
-  echo LISTING
-  cd -- "$look" && find . -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} -printf '%y %s %T@ %P\0%l\0'
-fi
+echo @@DATA
+ms_list() {{
+  printf '@@LIST %s\0\0' "$1"
+  if [ -d "$2" ] && [ ! -L "$2" ]; then
+    (cd -- "$2" && find . -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} -printf '%y %s %T@ %P\0%l\0')
+  fi
+  printf '@@END\0\0'
+}}
+ms_list look "$look"
+if [ {both} = 1 ]; then ms_list target "$target"; fi
 """
+
+
+def state_script(target: str, stage: str, use_stage: bool, both: bool) -> str:
+    """Shell that reports the state of `target` (and its staging copy); both
+    arguments are already-quoted shell words."""
+    from .manifest import MANIFEST_NAME, PARTIAL_DIR
+
+    return _STATE.format(target=target, stage=stage, use_stage=1 if use_stage else 0, both=1 if both else 0,
+                         manifest=MANIFEST_NAME, partial=PARTIAL_DIR)
 
 
 @dataclass
@@ -77,7 +93,52 @@ class TargetState:
     stage_is_dir: bool
     free_bytes: int | None  # at the target's parent (or its nearest existing ancestor)
     manifest: dict[str, str]  # from the staging copy when there is one and use_stage
-    files: dict  # path -> manifest.FileEntry, of the staging copy or the target
+    files: dict  # path -> manifest.FileEntry, of the staging copy (if used) or the target
+    is_link: bool = False
+    is_other: bool = False  # exists but is not a directory
+    target_files: dict | None = None  # the target's own listing, when asked for both
+
+
+def parse_state(out: str, path: str) -> TargetState:
+    from .manifest import parse_manifest
+
+    head, sep, data = out.partition("\n@@DATA\n")
+    if not sep:
+        raise ValueError("no @@DATA section")
+    head, _, rest = head.partition("\nMANIFEST-BEGIN\n")
+    manifest_text, _, _ = rest.partition("\nMANIFEST-END")
+    values = dict(line.partition("=")[::2] for line in head.splitlines() if "=" in line)
+    fields = values.get("target_df", "").split()
+    lists = parse_sections(data)
+    return TargetState(
+        path=path,
+        is_dir=values.get("target_dir") == "1",
+        stage_is_dir=values.get("stage_dir") == "1",
+        free_bytes=int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None,
+        manifest=parse_manifest(manifest_text),
+        files=lists.get("look", {}),
+        is_link=values.get("target_link") == "1",
+        is_other=values.get("target_other") == "1",
+        target_files=lists.get("target"),
+    )
+
+
+def parse_sections(data: str) -> dict[str, dict]:
+    from .manifest import FileEntry
+
+    out: dict[str, dict] = {}
+    current: dict | None = None
+    toks = data.split("\0")
+    for i in range(0, len(toks) - 1, 2):
+        head, target = toks[i], toks[i + 1]
+        if head.startswith("@@LIST ") and current is None:
+            current = out.setdefault(head[7:], {})
+        elif head == "@@END":
+            current = None
+        elif current is not None:
+            kind, size, mtime, rel = head.split(" ", 3)
+            current[rel] = FileEntry(rel, int(size), int(float(mtime)), kind, target if kind == "l" else "")
+    return out
 
 
 def target_expr(path: str) -> str:
@@ -85,31 +146,42 @@ def target_expr(path: str) -> str:
     return remote_path_expr(path) if path.startswith(("/", "~")) else '"$base"/' + remote_path_expr(path)
 
 
+def sibling(path: str, suffix: str) -> str:
+    """`.NAME<suffix>` next to path (staging copy, lock file): built here, not
+    with $(basename ...), which would drop a trailing newline of a name."""
+    parent, name = posixpath.split(path.rstrip("/"))
+    return posixpath.join(parent, f".{name}{suffix}")
+
+
+def absolute(facts: "HostFacts", path: str) -> str:
+    """A server path as absolute, built here (not parsed from output, so any
+    character in a name is safe): relative ones are under model_base."""
+    if path.startswith("/"):
+        return posixpath.normpath(path)
+    if not facts.base_abs.startswith("/"):
+        raise ValueError("model_base did not resolve to an absolute path")
+    return posixpath.normpath(posixpath.join(facts.base_abs, path))
+
+
 def inspect(host, path: str, use_stage: bool) -> tuple[HostFacts, TargetState]:
     """Probe a host and look at one model directory on it, in one round trip.
     `path` is absolute or relative to the host's model_base (already checked
     not to climb out of it)."""
-    from .manifest import MANIFEST_NAME, PARTIAL_DIR, parse_listing, parse_manifest
+    from .errors import RemoteError
     from .transfer import STAGING_SUFFIX
 
-    script = probe_script(host.server.model_base, full=False) + _TARGET.format(
-        target=target_expr(path), staging=STAGING_SUFFIX, use_stage=1 if use_stage else 0,
-        manifest=MANIFEST_NAME, partial=PARTIAL_DIR)
+    target = target_expr(path)
+    stage = target_expr(sibling(path, STAGING_SUFFIX))
+    script = probe_script(host.server.model_base, full=False) + state_script(target, stage, use_stage, both=False)
     res = host.script(script, timeout=600)
-    head, sep, listing = res.stdout.partition("\nLISTING\n")
-    head, _, rest = head.partition("\nMANIFEST-BEGIN\n")
-    manifest_text, _, _ = rest.partition("\nMANIFEST-END")
-    facts = parse_probe(head)
-    values = dict(line.partition("=")[::2] for line in head.splitlines() if "=" in line)
-    fields = values.get("target_df", "").split()
-    state = TargetState(
-        path=values.get("target_abs", path),
-        is_dir=values.get("target_dir") == "1",
-        stage_is_dir=values.get("stage_dir") == "1",
-        free_bytes=int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None,
-        manifest=parse_manifest(manifest_text),
-        files=parse_listing(listing) if sep else {},
-    )
+    facts = parse_probe(res.stdout.partition("\n@@DATA\n")[0])
+    try:
+        abs_path = absolute(facts, path)
+        state = parse_state(res.stdout, abs_path)
+    except ValueError:
+        why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exit_code}"
+        raise RemoteError(host.alias, f"cannot inspect {path} on the server: {why}", res.exit_code, res.stderr) \
+            from None
     return facts, state
 
 

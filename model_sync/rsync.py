@@ -20,7 +20,7 @@ from .manifest import MANIFEST_NAME, PARTIAL_DIR
 # Weights do not compress; these skip -z even when compression is on.
 INCOMPRESSIBLE = ("safetensors", "bin", "pt", "pth", "ckpt", "gguf", "onnx", "plan", "engine", "h5", "npz",
                   "tflite", "pb", "msgpack", "zip", "gz", "zst", "xz", "bz2", "7z", "tar")
-IO_TIMEOUT = 120  # seconds without any I/O before rsync gives up on a hung peer
+IO_TIMEOUT = 120  # default seconds without any I/O before rsync gives up on a hung peer
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class RsyncOptions:
     excludes: tuple[str, ...] = ()
     includes: tuple[str, ...] = ()
     bwlimit: str | None = None
-    link_dest: str | None = None
+    io_timeout: int = IO_TIMEOUT
 
 
 def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions) -> list[str]:
@@ -40,7 +40,7 @@ def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions
     argv = ["rsync", "-a", "-s",  # -s: names travel verbatim, not through the remote shell
             "--partial-dir=" + PARTIAL_DIR,  # resume: partial files survive, outside final names
             "--out-format=%i|%l|%n%L", "--info=progress2", "--outbuf=L",
-            f"--timeout={IO_TIMEOUT}"]
+            f"--timeout={opts.io_timeout}"]
     if rsh:
         argv += ["-e", rsh]
     if opts.compress:
@@ -51,8 +51,6 @@ def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions
         argv.append("--dry-run")
     if opts.bwlimit:
         argv.append("--bwlimit=" + opts.bwlimit)
-    if opts.link_dest:
-        argv.append("--link-dest=" + opts.link_dest)
     for pat in opts.includes:
         argv.append("--include=" + pat)
     for pat in opts.excludes:
@@ -212,7 +210,7 @@ def _stop(proc: subprocess.Popen):
             continue
 
 
-def check_result(run: RsyncRun, alias: str) -> None:
+def check_result(run: RsyncRun, alias: str, io_timeout: int = IO_TIMEOUT) -> None:
     """Turn rsync's failure into one line that says what to do."""
     if run.exit_code == 0:
         return
@@ -223,7 +221,7 @@ def check_result(run: RsyncRun, alias: str) -> None:
     if run.exit_code in (20,):
         raise ModelSyncError(f"{alias}: transfer interrupted; run the same command again to resume")
     if run.exit_code == 30:
-        raise ConnectError(alias, f"transfer stalled for {IO_TIMEOUT}s and was stopped; run the command again to resume")
+        raise ConnectError(alias, f"transfer stalled for {io_timeout}s and was stopped; run the command again to resume")
     if "No space left" in run.stderr:
         raise RemoteError(alias, f"out of disk space during transfer: {detail}", run.exit_code, run.stderr)
     raise RemoteError(alias, f"rsync failed (exit {run.exit_code}): {detail}", run.exit_code, run.stderr)

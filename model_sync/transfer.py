@@ -26,7 +26,7 @@ from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
 from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (MANIFEST_NAME, SHA256, XXH128, hash_files, list_tree, manifest_text,
                        remote_hash_method)
-from .probe import HostFacts, TargetState, inspect
+from .probe import HostFacts, TargetState, inspect, parse_state, sibling, state_script
 from .rsync import Item, RsyncOptions, build_rsync_argv, check_result, run_rsync
 
 STAGING_SUFFIX = ".model-sync-staging"
@@ -44,6 +44,7 @@ class TransferOptions:
     includes: tuple[str, ...] = ()
     bwlimit: str | None = None
     wait: bool = True  # for the destination lock
+    io_timeout: int | None = None  # seconds a stalled transfer waits; None: defaults.io_timeout
     confirmed: bool = False  # --yes: deletions were approved
 
 
@@ -152,17 +153,31 @@ def _local_rsync() -> None:
 
 
 # -- staging and publishing scripts (run on the destination host) ------------------
+# Runs under the lock. A fresh clone is built under a temporary name and
+# renamed once complete, so a half-made clone is never taken for a stage. A
+# stage left by an interrupted run is resumed; whatever the destination has
+# gained since is linked in (cp -n), so nothing of the destination is lost.
 _PREPARE = r"""
 dest={dest}; stage={stage}
-if [ -d "$stage" ]; then echo resume
-elif [ -d "$dest" ]; then cp -al -- "$dest" "$stage" && echo linked
-else mkdir -- "$stage" && echo new
+if [ -L "$dest" ]; then echo dest-symlink; exit 0; fi
+if [ -e "$dest" ] && [ ! -d "$dest" ]; then echo dest-not-dir; exit 0; fi
+if [ -d "$stage" ]; then
+  if [ -d "$dest" ]; then cp -aln -- "$dest/." "$stage/" || exit 3; fi
+  echo resume
+elif [ -d "$dest" ]; then
+  rm -rf -- "$stage.tmp"
+  mkdir -- "$stage.tmp" && cp -al -- "$dest/." "$stage.tmp/" && mv -- "$stage.tmp" "$stage" || {{ rm -rf -- "$stage.tmp"; exit 3; }}
+  echo linked
+else
+  mkdir -- "$stage" || exit 3
+  echo new
 fi
 """
 
 # Write the manifest (from stdin) into the staging copy, then swap staging and
 # destination in one step where the filesystem allows (renameat2
-# RENAME_EXCHANGE); elsewhere (e.g. NFS) two renames a moment apart.
+# RENAME_EXCHANGE, through python3); elsewhere (e.g. NFS, or no python3) two
+# renames a moment apart.
 _PUBLISH = r"""
 dest={dest}; stage={stage}; old={old}
 if [ {write_manifest} = 1 ]; then
@@ -185,10 +200,21 @@ rm -rf -- "$old"; echo renamed
 
 
 def _dest_paths(dest: str) -> tuple[str, str, str, str]:
-    parent, name = posixpath.split(dest.rstrip("/"))
-    parent = parent or "/"
-    return (parent, posixpath.join(parent, f".{name}{STAGING_SUFFIX}"),
-            posixpath.join(parent, f".{name}{LOCK_SUFFIX}"), posixpath.join(parent, f".{name}.model-sync-old"))
+    parent = posixpath.dirname(dest.rstrip("/")) or "/"
+    return (parent, sibling(dest, STAGING_SUFFIX), sibling(dest, LOCK_SUFFIX), sibling(dest, ".model-sync-old"))
+
+
+def _check_destination(alias: str, where: str, state: TargetState, base: str | None) -> None:
+    """Refuse destinations a rename-based publish would damage."""
+    path = state.path
+    if state.is_link:
+        raise UsageError(f"{where} is a symlink; publishing replaces the directory by rename, which would replace "
+                         "the link. Give the directory it points to, or remove the link first")
+    if state.is_other:
+        raise UsageError(f"{where} exists and is not a directory; give a directory path for the model")
+    if path == "/" or (base and (path == base.rstrip("/") or base.startswith(path.rstrip("/") + "/"))):
+        raise UsageError(f"{where} is the model store itself (or above it); give the model's own directory, "
+                         "e.g. MODEL_BASE/NAME")
 
 
 def _run_script(host, script: str, what: str, stdin: bytes | None = None) -> str:
@@ -221,6 +247,10 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
              on_wait: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> TransferResult:
     if direction not in ("push", "pull"):
         raise UsageError(f"unknown direction {direction!r}")
+    if opts.io_timeout is None:
+        from dataclasses import replace
+
+        opts = replace(opts, io_timeout=config.defaults.io_timeout)
     _local_rsync()
     local_abs = os.path.abspath(os.path.expanduser(local_path))
     if direction == "push" and not os.path.isdir(local_abs):
@@ -235,8 +265,9 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
         if not server.is_local:
             _check_rsync(facts, alias)
         method = "xxhsum" if server.is_local else remote_hash_method(facts)
-        rpath = posixpath.normpath(remote.path)
+        rpath = remote.path
         if direction == "push":
+            _check_destination(alias, f"{alias}:{rpath}", remote, facts.base_abs)
             src = _Side(here, local_abs, tree=list_tree(here, local_abs).files)
             dst = _Side(server, rpath, state=remote)
         else:
@@ -246,6 +277,7 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
             if os.path.isdir(local_abs):
                 local_abs = os.path.join(local_abs, posixpath.basename(rpath))
             _, local_state = inspect(here, local_abs, use_stage=True)
+            _check_destination(alias, local_abs, local_state, None)
             src = _Side(server, rpath, tree=remote.files)
             dst = _Side(here, local_abs, state=local_state)
         server_side = dst if direction == "push" else src
@@ -273,7 +305,7 @@ def _plan(src: _Side, dst: _Side, ropts: RsyncOptions, rsh, cancel) -> list[Plan
         plan_dst = _Side(dst.host, target) if target else _Side(LocalHost.this_machine(), empty)
         run = run_rsync(build_rsync_argv(src.rsync_spec(), plan_dst.rsync_spec(), _rsh(src, plan_dst),
                                          RsyncOptions(**{**ropts.__dict__, "dry_run": True})), cancel=cancel)
-    check_result(run, dst.host.alias)
+    check_result(run, dst.host.alias, ropts.io_timeout)
     planned = [PlannedFile(i.path, src.tree[i.path].size if i.path in src.tree else i.size, "send")
                for i in run.sent_files]
     return planned + [PlannedFile(p.rstrip("/"), 0, "delete") for p in run.deleted]
@@ -286,15 +318,21 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     parent, dst.stage, lock, old = _dest_paths(dst.path)
     rsh = _rsh(src, dst)
     ropts = RsyncOptions(compress=opts.compress, delete=opts.delete, excludes=opts.excludes,
-                         includes=opts.includes, bwlimit=opts.bwlimit)
+                         includes=opts.includes, bwlimit=opts.bwlimit, io_timeout=opts.io_timeout)
 
     def show(side: _Side) -> str:
         return f"{alias}:{side.path}" if side is server_side else side.path
 
+    def stop_if_cancelled(when: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise ModelSyncError(f"{alias}: cancelled {when}; nothing was published, and running the same "
+                                 "transfer again resumes")
+
     result = TransferResult(direction=direction, server=alias, source=show(src), destination=show(dst),
                             files=0, bytes=0, seconds=0.0, verified=None, algorithm=None)
 
-    # 1. plan, confirmation of deletions, room on the destination
+    # 1. plan, confirmation of deletions, room on the destination (from the
+    # inspection before the lock: what the user decides on)
     result.planned = _plan(src, dst, ropts, rsh, cancel)
     to_send = sum(p.size for p in result.planned if p.action == "send")
     deletions = [p for p in result.planned if p.action == "delete"]
@@ -313,59 +351,70 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
 
         raise InsufficientSpace(f"{alias}: not enough space at {parent}: need {human_size(int(to_send * SPACE_MARGIN))}, "
                                 f"available {human_size(free)}; free some space (see 'model-sync prune') or pick another path")
+    stop_if_cancelled("before the transfer")
 
-    # 2. lock, then stage: a hard-link clone of the current copy (or what an
-    # interrupted run left), in the same round trip
-    prepare = _PREPARE.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(dst.stage))
-    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=prepare) as staged:
-        staged = staged.strip()
-        # the inspected manifest describes the staging copy only if that copy is
-        # the one we inspected (resumed) or a fresh clone of the inspected target
-        same = (staged == "resume" and dst.state.stage_is_dir) or (staged == "linked" and not dst.state.stage_is_dir)
-        old_manifest = dst.state.manifest if same else {}
+    # 2. under the lock: stage (clone, or resume), then look again at the stage
+    # and the destination: what we act on is what is there now
+    d, st = remote_path_expr(dst.path), remote_path_expr(dst.stage)
+    then = _PREPARE.format(dest=d, stage=st) + state_script(d, st, use_stage=True, both=True)
+    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as out:
+        how, _, rest = out.partition("\n")
+        if how == "dest-symlink" or how == "dest-not-dir":
+            _check_destination(alias, result.destination, TargetState(
+                dst.path, False, False, None, {}, {}, is_link=how == "dest-symlink", is_other=True), None)
+        now = parse_state(rest, dst.path)
+        staged = now.files  # the stage, as it is before rsync
+        published = now.target_files or {}
+        # files an interrupted run left in the stage that differ from the
+        # published copy: not verified yet, whatever rsync thinks of them
+        carried = {p for p, f in staged.items() if p not in published or not f.same_quick(published[p])}
         total = max(to_send, 1)
         run = run_rsync(build_rsync_argv(src.rsync_spec(), _Side(dst.host, dst.stage).rsync_spec(), rsh, ropts),
                         progress=(lambda done: progress(min(done, total), total)) if progress else None,
                         on_item=on_item, cancel=cancel)
-        check_result(run, alias)
+        stop_if_cancelled("during the transfer")
+        check_result(run, alias, opts.io_timeout)
         sent = [i.path for i in run.sent_files]
         result.sent = sent
         result.deleted = [p.rstrip("/") for p in run.deleted]
         result.files = len(sent)
         result.bytes = sum(src.tree[p].size if p in src.tree else 0 for p in sent)
+        final = (set(staged) | set(sent)) - set(result.deleted)
+        to_check = sorted((set(sent) | (carried & final)) & {p for p, f in src.tree.items() if f.kind == "f"})
 
-        # 3. verify what was sent, both ends at once
+        # 3. verify what was sent (and what an interrupted run sent), both ends at once
         hashes: dict[str, str] = {}
         if opts.verify:
             result.algorithm = algorithm
-            src_h, dst_h = _hash_both(src, _Side(dst.host, dst.stage), sent, method)
-            bad = sorted(p for p in sent if src_h.get(p) is None or src_h.get(p) != dst_h.get(p))
+            src_h, dst_h = _hash_both(src, _Side(dst.host, dst.stage), to_check, method)
+            bad = sorted(p for p in to_check if src_h.get(p) is None or src_h.get(p) != dst_h.get(p))
             if bad:
                 result.mismatched = bad
                 result.verified = False
                 # drop the bad copies so the next run sends them again
-                _run_script(dst.host, "cd -- " + remote_path_expr(dst.stage) + " && rm -f -- " +
+                _run_script(dst.host, "cd -- " + st + " && rm -f -- " +
                             " ".join(shlex.quote("./" + p) for p in bad), "removing corrupt copies")
                 raise VerificationError(
                     f"{alias}: {len(bad)} file(s) differ after transfer ({', '.join(bad[:5])}); "
                     f"nothing was published. Rerun to send them again; if it repeats, check the disk on {alias}")
             result.verified = True
             hashes = src_h
+        stop_if_cancelled("before publishing")
 
-        # 4. the manifest: earlier entries of untouched files, plus what we hashed
-        gone = set(sent) | set(result.deleted)
-        manifest = {p: h for p, h in old_manifest.items()
-                    if p not in gone and (p in src.tree or p in dst.state.files)}
+        # 4. the manifest: earlier entries of untouched files, plus what we hashed;
+        # only for files that will be in the published copy
+        gone = set(sent) | set(result.deleted) | carried
+        old_manifest = now.manifest
+        manifest = {p: h for p, h in old_manifest.items() if p not in gone and p in final}
         if opts.verify and algorithm == XXH128:
             manifest.update(hashes)
-            missing = [p for p, f in src.tree.items() if f.kind == "f" and p not in manifest]
+            missing = [p for p in final if p not in manifest and p in src.tree and src.tree[p].kind == "f"]
             manifest.update(hash_files(src.host, src.path, missing, method))
 
         # 5. publish in one step (with the manifest, in the same round trip)
         write = manifest != old_manifest
-        swap = bool(gone) or write or not dst.state.is_dir
-        _run_script(dst.host, _PUBLISH.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(dst.stage),
-                                              old=remote_path_expr(old), manifest=MANIFEST_NAME,
+        swap = bool(gone) or write or not now.is_dir
+        _run_script(dst.host, _PUBLISH.format(dest=d, stage=st, old=remote_path_expr(old), manifest=MANIFEST_NAME,
                                               write_manifest=1 if write else 0, swap=1 if swap else 0),
                     "publishing", stdin=manifest_text(manifest).encode("utf-8") if write else None)
         result.published = True

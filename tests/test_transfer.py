@@ -147,6 +147,10 @@ def test_hostile_names_transfer_exactly_and_run_nothing(bed, tmp_path):
     assert tree(out / src.name) == tree(src)
     ver = run_cli("--json", "verify", str(src), "bed")
     assert ver.returncode == 0, ver.stdout + ver.stderr
+    import pwd
+
+    login_home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # where remote commands start
+    assert not list(login_home.glob("PWNED*"))
     for d in (tmp_path, bed.remote_base, bed.home, Path.cwd()):
         assert not list(d.rglob("PWNED")) and not list(d.rglob("PWNED2")) and not list(d.rglob("PWNED3"))
 
@@ -219,12 +223,16 @@ def test_lock_no_wait_and_wait(bed, model):
         assert not (bed.remote_base / model.name).exists()
         proc = subprocess.Popen([sys.executable, "-m", "model_sync.cli", "--json", "push", str(model), "bed"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        time.sleep(2)
-        assert proc.poll() is None  # queued behind the lock
+        seen = []
+        for line in proc.stderr:  # queued behind the lock: it says so, and waits
+            seen.append(line)
+            if line.startswith("waiting: another model-sync holds this destination"):
+                break
+        assert proc.poll() is None, seen
+        assert not (bed.remote_base / model.name).exists()
         release.set()
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert "waiting: another model-sync holds this destination" in err
+        assert proc.returncode == 0, "".join(seen) + err
     finally:
         release.set()
         t.join()
@@ -324,3 +332,185 @@ def test_progress_bar_on_a_terminal(bed, model):
     assert "\x1b[" in text  # rich drew on the terminal
     assert "━" in text  # the progress bar
     assert "Verified" in text and "xxh3-128" in text
+
+
+# -- what an interrupted run leaves behind, and destinations that need care ----------------------
+def _stage_of(bed, name):
+    return bed.remote_base / f".{name}.model-sync-staging"
+
+
+def _leave_finished_stage(bed, model, new_bytes):
+    """What a push killed after rsync finished (before publishing) leaves:
+    a hard-link clone of the published copy with the new file in it."""
+    import shutil
+
+    dest = bed.remote_base / model.name
+    stage = _stage_of(bed, model.name)
+    subprocess.run(["cp", "-al", f"{dest}/.", f"{stage}/"], check=True) if stage.mkdir() is None else None
+    (model / "1" / "model.onnx").write_bytes(new_bytes)
+    (stage / "1" / "model.onnx").unlink()
+    shutil.copy2(model / "1" / "model.onnx", stage / "1" / "model.onnx")  # same size and mtime as the source
+    return dest, stage
+
+
+def test_resume_after_rsync_finished_publishes_and_verifies(bed, model):
+    assert push_json(str(model), "bed")[0].returncode == 0
+    new = os.urandom(300_000)
+    dest, stage = _leave_finished_stage(bed, model, new)
+    res, doc = push_json(str(model), "bed")
+    assert res.returncode == 0, res.stderr
+    assert doc["files"] == 0  # rsync had nothing left to send...
+    assert doc["verified"] is True and doc["published"] is True
+    assert (dest / "1" / "model.onnx").read_bytes() == new  # ...and the finished work was published
+    assert not stage.exists()
+    check = subprocess.run(["xxhsum", "-c", ".model-sync.xxh128"], cwd=dest, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_resume_catches_a_corrupt_file_left_in_the_stage(bed, model):
+    assert push_json(str(model), "bed")[0].returncode == 0
+    dest, stage = _leave_finished_stage(bed, model, os.urandom(300_000))
+    bad = stage / "1" / "model.onnx"
+    st = bad.stat()
+    data = bytearray(bad.read_bytes())
+    data[10] ^= 1
+    bad.write_bytes(bytes(data))
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+    old = (dest / "1" / "model.onnx").read_bytes()
+    res = run_cli("push", str(model), "bed")
+    assert res.returncode == 4 and "1/model.onnx" in res.stderr and "nothing was published" in res.stderr
+    assert (dest / "1" / "model.onnx").read_bytes() == old
+    res, doc = push_json(str(model), "bed")
+    assert res.returncode == 0 and doc["sent"] == ["1/model.onnx"]
+    assert tree(dest) == tree(model)
+
+
+def test_stale_stage_keeps_what_the_destination_gained(bed, model):
+    assert push_json(str(model), "bed")[0].returncode == 0
+    dest = bed.remote_base / model.name
+    stage = _stage_of(bed, model.name)
+    subprocess.run(["cp", "-al", str(dest), str(stage)], check=True)  # an old interrupted run's stage
+    (dest / "added-later.txt").write_bytes(b"someone put this here")
+    half = bed.remote_base / f".{model.name}.model-sync-staging.tmp"  # and a half-made clone
+    half.mkdir()
+    (model / "config.pbtxt").write_bytes(b"name: v2\n")
+    res, doc = push_json(str(model), "bed")
+    assert res.returncode == 0, res.stderr
+    assert (dest / "added-later.txt").read_bytes() == b"someone put this here"  # not lost without --delete
+    assert (dest / "config.pbtxt").read_bytes() == b"name: v2\n"
+    assert not half.exists() or not any(half.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file", "model_base"])
+def test_destinations_that_would_be_damaged_are_refused(bed, model, tmp_path, kind):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "keep.bin").write_bytes(b"keep")
+    if kind == "symlink":
+        os.symlink(real, bed.remote_base / "current")
+        target, why = "bed:current", "is a symlink"
+    elif kind == "file":
+        (bed.remote_base / "afile").write_bytes(b"x")
+        target, why = "bed:afile", "is not a directory"
+    else:
+        target, why = f"bed:{bed.remote_base}", "is the model store itself"
+    res = run_cli("push", str(model), target, "--delete", "--yes")
+    assert res.returncode == 2 and why in res.stderr, res.stderr
+    assert (real / "keep.bin").read_bytes() == b"keep" and list(real.iterdir()) == [real / "keep.bin"]
+    if kind == "file":
+        assert (bed.remote_base / "afile").read_bytes() == b"x"
+
+
+def test_excluded_files_stay_out_of_the_manifest(bed, model):
+    res, doc = push_json(str(model), "bed", "--exclude", "*.plan")
+    assert res.returncode == 0, res.stderr
+    dest = bed.remote_base / model.name
+    assert not (dest / "1" / "model.plan").exists()
+    text = (dest / ".model-sync.xxh128").read_text()
+    assert "model.plan" not in text
+    check = subprocess.run(["xxhsum", "-c", ".model-sync.xxh128"], cwd=dest, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_newline_in_the_model_directory_name(bed, tmp_path):
+    src = make_model(tmp_path / "src" / "weird\nname", {"w.bin": b"weights"})
+    (bed.remote_base / "weird").mkdir()  # an unrelated model the name must not be confused with
+    (bed.remote_base / "weird" / "other.bin").write_bytes(b"other")
+    res, doc = push_json(str(src), "bed")
+    assert res.returncode == 0, res.stderr
+    assert (bed.remote_base / "weird\nname" / "w.bin").read_bytes() == b"weights"
+    assert sorted(p.name for p in (bed.remote_base / "weird").iterdir()) == ["other.bin"]
+
+
+def test_two_concurrent_pushes_never_mix(bed, tmp_path):
+    a = make_model(tmp_path / "a" / "RTX3090_N2501_RACE_250101", {f"f{i}.bin": b"A" * 200_000 for i in range(4)})
+    b = make_model(tmp_path / "b" / "RTX3090_N2501_RACE_250101", {f"f{i}.bin": b"B" * 200_000 for i in range(4)})
+    procs = [subprocess.Popen([sys.executable, "-m", "model_sync.cli", "--json", "push", str(m), "bed"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+             for m in (a, b)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    dest = bed.remote_base / a.name
+    got = tree(dest)
+    assert got in (tree(a), tree(b))  # all of one push, none of a mix
+    check = subprocess.run(["xxhsum", "-c", ".model-sync.xxh128"], cwd=dest, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_push_through_the_skill_script(bed, model):
+    script = Path(__file__).resolve().parent.parent / "scripts" / "model-sync.sh"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    res = subprocess.run(["bash", str(script), "push", str(model), "bed"], capture_output=True, text=True, env=env,
+                         stdin=subprocess.DEVNULL, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "| Verified | yes (xxh3-128) |" in res.stdout and "\x1b[" not in res.stdout
+    assert tree(bed.remote_base / model.name) == tree(model)
+
+
+def test_cancel_stops_rsync_keeps_partial_and_publishes_nothing(bed, tmp_path):
+    """What an MCP cancel or time limit does: the core's cancel event."""
+    from model_sync import api
+    from model_sync.config import load_config
+    from model_sync.errors import ModelSyncError
+    from model_sync.transfer import TransferOptions
+
+    src = make_model(tmp_path / "src" / "RTX3090_N2501_CANCEL_250101", {"w.bin": os.urandom(4_000_000)})
+    cancel = threading.Event()
+
+    def progress(done, total):
+        if done > 0:
+            cancel.set()
+
+    with pytest.raises(ModelSyncError, match="cancelled during the transfer; nothing was published"):
+        api.push(str(src), "bed", load_config(), opts=TransferOptions(bwlimit="500K"), progress=progress,
+                 cancel=cancel)
+    assert not (bed.remote_base / src.name).exists()
+    assert _stage_of(bed, src.name).exists()  # kept for resume
+    res, doc = push_json(str(src), "bed")
+    assert res.returncode == 0 and doc["verified"] is True
+    assert tree(bed.remote_base / src.name) == tree(src)
+
+
+def test_lock_lets_go_when_the_holder_goes_silent(bed, model):
+    """A holder whose connection stays open but says nothing (a dead network,
+    a frozen machine) loses the lock once its heartbeats stop."""
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from model_sync.config import load_config
+from model_sync.hosts import open_host
+host = open_host("bed", load_config())
+with host.lock({str(bed.remote_base / f".{model.name}.model-sync-lock")!r}, stale_after=5):
+    print("held", flush=True)
+    time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGSTOP)  # socket open, no heartbeats, no goodbye
+        bed.write_config(bed.config.read_text().replace("  connect_timeout: 5\n", "  connect_timeout: 5\n  io_timeout: 5\n"))
+        res = run_cli("--json", "push", str(model), "bed", timeout=180)
+        assert res.returncode == 0, res.stderr
+        assert "waiting: another model-sync holds this destination" in res.stderr
+        assert tree(bed.remote_base / model.name) == tree(model)
+    finally:
+        holder.kill()
+        holder.wait()
