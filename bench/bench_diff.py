@@ -72,7 +72,7 @@ def main() -> None:
         dest = base / src.name
         base.mkdir(parents=True, exist_ok=True)
         subprocess.run(["rsync", "-a", f"{src}/", f"{dest}/"], check=True)
-        ms = shutil.which("model-sync") or str(Path(sys.executable).parent / "model-sync")
+        ms = str(Path(sys.executable).parent / "model-sync")  # this environment's, not another on PATH
         ssh = (f"ssh -i {bed.client_key} -p {bed.port} -o UserKnownHostsFile={kh} -o StrictHostKeyChecking=yes "
                "-o BatchMode=yes -o IdentitiesOnly=yes")
         rsync_argv = ["rsync", "-an", "--itemize-changes", "-e", ssh, f"{src}/", f"{bed.user}@127.0.0.1:{dest}/"]

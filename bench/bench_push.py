@@ -80,7 +80,8 @@ def main() -> None:
         env.pop("SSH_AUTH_SOCK", None)
         src = work / "src" / "RTX3090_N2501_BENCH_250101"
         make_files(src, args.files, args.size_mib)
-        ms = shutil.which("model-sync") or str(Path(sys.executable).parent / "model-sync")
+        # the model-sync of this interpreter's environment, not another install on PATH
+        ms = str(Path(sys.executable).parent / "model-sync")
         ssh = (f"ssh -i {bed.client_key} -p {bed.port} -o UserKnownHostsFile={kh} -o StrictHostKeyChecking=yes "
                "-o BatchMode=yes -o IdentitiesOnly=yes")
         variants = {

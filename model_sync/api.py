@@ -322,7 +322,7 @@ def versions(server: str, config: Config | None = None, model: str | None = None
 
 
 def prune(server: str, model: str, keep: int, config: Config | None = None, gpu: str | None = None,
-          yes: bool = False) -> PruneResult:
+          yes: bool = False, only: set[str] | None = None) -> PruneResult:
     """All but the `keep` newest versions of a model (per GPU): the plan, and
     with yes=True their removal."""
-    return inventory.prune(server, config or load_config(), model, keep, gpu=gpu, yes=yes)
+    return inventory.prune(server, config or load_config(), model, keep, gpu=gpu, yes=yes, only=only)

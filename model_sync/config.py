@@ -52,6 +52,7 @@ class Defaults:
     delete: bool = False
     connect_timeout: int = 10
     io_timeout: int = 120
+    streams: int = 2
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ DEFAULT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "delete": ((bool,), "mirror deletions inside the model directory (default false)"),
     "connect_timeout": ((int,), "seconds to wait for an SSH connection (default 10)"),
     "io_timeout": ((int,), "seconds a transfer may stall (no data moving) before it stops, resumable (default 120)"),
+    "streams": ((int,), "parallel rsync streams for a model with several large files (default 2; 1 turns it off)"),
 }
 NAMING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "pattern": ((str,), f"model directory naming convention (default {DEFAULT_PATTERN})"),
@@ -258,7 +260,7 @@ def parse_config(text: str, path: Path) -> Config:
 
     raw_defaults = check.mapping(top.get("defaults"), "defaults", top.lines.get("defaults"))
     dvals = check.typed(raw_defaults, DEFAULT_KEYS, "defaults")
-    for key in ("connect_timeout", "io_timeout"):
+    for key in ("connect_timeout", "io_timeout", "streams"):
         if dvals.get(key, 1) <= 0:
             check.fail(f"defaults.{key} must be a positive number of seconds", raw_defaults.lines.get(key))
     defaults = Defaults(**dvals)

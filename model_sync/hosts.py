@@ -209,6 +209,7 @@ class RemoteHost:
         except Exception as exc:  # translated into one line below
             conn.close()
             raise _connect_error(t, exc) from exc
+        conn.transport.set_keepalive(15)  # keeps NAT/firewall state alive during long hashing or transfers
         self._conn = conn
         return conn
 

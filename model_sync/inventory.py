@@ -662,7 +662,7 @@ class PruneItem:
     gpu: str
     version: str
     bytes: int | None
-    status: str  # keep | remove (planned) | removed | missing | busy | symlink | outside | failed
+    status: str  # keep | unapproved | remove (planned) | removed | missing | busy | symlink | outside | failed
 
 
 @dataclass
@@ -694,10 +694,11 @@ class PruneResult:
 
 
 def prune(alias: str, config: Config, model: str, keep: int, gpu: str | None = None,
-          yes: bool = False) -> PruneResult:
+          yes: bool = False, only: set[str] | None = None) -> PruneResult:
     """Plan (and with yes=True carry out) removing all but the `keep` newest
     versions of `model` per GPU, under model_base only, only directories
-    that follow the naming convention."""
+    that follow the naming convention. `only`: the names the user approved
+    earlier; anything the plan has grown since is kept, not removed."""
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise UsageError(f"--keep must be 1 or more (got {keep!r}); prune never removes every version")
     if not model or not model.strip():
@@ -713,6 +714,9 @@ def prune(alias: str, config: Config, model: str, keep: int, gpu: str | None = N
 
         kept = [item(p, "keep") for g in groups for p in g.versions[:keep]]
         plan = [item(p, "remove") for g in groups for p in g.versions[keep:]]
+        if only is not None:
+            kept += [item(p, "unapproved") for g in groups for p in g.versions[keep:] if p.name not in only]
+            plan = [i for i in plan if i.name in only]
         result = PruneResult(server=alias, model_base=listing.base, model=groups[0].model, gpu=gpu, keep=keep,
                              dry_run=not yes, to_remove=plan, kept=kept)
         if yes and plan:

@@ -531,10 +531,15 @@ async def diff(
     return await call(api.diff, left, right, config=config, checksum=checksum, gpu=gpu, label=f"{server}: diff")
 
 
+# What each prune question showed: the tool then removes those names only.
+_SHOWN: dict[tuple, set[str]] = {}
+
+
 async def _prune_question(server: str = "", model: str = "", keep: int = 1, gpu: str | None = None) -> str | None:
     plan = await run_bounded(api.prune, server, model, keep, config=app.load_config(), gpu=gpu, yes=False,
                              label=f"{server}: prune")
     names = [item.name for item in plan.to_remove]
+    _SHOWN[(server, model, keep, gpu)] = set(names)
     if not names:
         return None
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
@@ -554,7 +559,9 @@ async def prune(
     model_base. Never touches other models, names outside the convention, or the newest ones."""
     require_confirmation(ok)
     config = app.load_config()
-    return await call(api.prune, server, model, keep, config=config, gpu=gpu, yes=True, label=f"{server}: prune")
+    only = _SHOWN.pop((server, model, keep, gpu), set())  # never more than the user was shown
+    return await call(api.prune, server, model, keep, config=config, gpu=gpu, yes=True, only=only,
+                      label=f"{server}: prune")
 
 
 def _clip_output(r: api.ExecResult) -> api.ExecResult:

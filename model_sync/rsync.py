@@ -34,9 +34,11 @@ class RsyncOptions:
     io_timeout: int = IO_TIMEOUT
 
 
-def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions) -> list[str]:
+def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions,
+                     files_from: str | None = None) -> list[str]:
     """rsync argv copying the *contents* of directory `source` into `dest`.
-    `source`/`dest` are either local paths or `host:path` (with rsh)."""
+    `source`/`dest` are either local paths or `host:path` (with rsh).
+    `files_from`: a local file of NUL-separated paths: only those are sent."""
     argv = ["rsync", "-a", "-s",  # -s: names travel verbatim, not through the remote shell
             "--partial-dir=" + PARTIAL_DIR,  # resume: partial files survive, outside final names
             "--out-format=%i|%l|%n%L", "--info=progress2", "--outbuf=L",
@@ -51,6 +53,8 @@ def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions
         argv.append("--dry-run")
     if opts.bwlimit:
         argv.append("--bwlimit=" + opts.bwlimit)
+    if files_from:
+        argv += ["--from0", "--files-from=" + files_from]
     for pat in opts.includes:
         argv.append("--include=" + pat)
     for pat in opts.excludes:

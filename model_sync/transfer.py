@@ -27,7 +27,7 @@ from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (MANIFEST_NAME, SHA256, XXH128, hash_files, list_tree, manifest_text,
                        remote_hash_method)
 from .probe import HostFacts, TargetState, inspect, parse_state, sibling, state_script
-from .rsync import Item, RsyncOptions, build_rsync_argv, check_result, run_rsync
+from .rsync import Item, RsyncOptions, RsyncRun, build_rsync_argv, check_result, run_rsync
 
 STAGING_SUFFIX = ".model-sync-staging"
 LOCK_SUFFIX = ".model-sync-lock"
@@ -45,6 +45,7 @@ class TransferOptions:
     bwlimit: str | None = None
     wait: bool = True  # for the destination lock
     io_timeout: int | None = None  # seconds a stalled transfer waits; None: defaults.io_timeout
+    streams: int | None = None  # parallel rsync streams; None: defaults.streams
     confirmed: bool = False  # --yes: deletions were approved
 
 
@@ -247,10 +248,12 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
              on_wait: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> TransferResult:
     if direction not in ("push", "pull"):
         raise UsageError(f"unknown direction {direction!r}")
-    if opts.io_timeout is None:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    if opts.io_timeout is None:
         opts = replace(opts, io_timeout=config.defaults.io_timeout)
+    if opts.streams is None:
+        opts = replace(opts, streams=config.defaults.streams)
     _local_rsync()
     local_abs = os.path.abspath(os.path.expanduser(local_path))
     if direction == "push" and not os.path.isdir(local_abs):
@@ -368,10 +371,8 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         # files an interrupted run left in the stage that differ from the
         # published copy: not verified yet, whatever rsync thinks of them
         carried = {p for p, f in staged.items() if p not in published or not f.same_quick(published[p])}
-        total = max(to_send, 1)
-        run = run_rsync(build_rsync_argv(src.rsync_spec(), _Side(dst.host, dst.stage).rsync_spec(), rsh, ropts),
-                        progress=(lambda done: progress(min(done, total), total)) if progress else None,
-                        on_item=on_item, cancel=cancel)
+        run = _send(src, _Side(dst.host, dst.stage), rsh, ropts, result.planned, opts.streams or 1, progress,
+                    on_item, cancel)
         stop_if_cancelled("during the transfer")
         check_result(run, alias, opts.io_timeout)
         sent = [i.path for i in run.sent_files]
@@ -420,6 +421,56 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         result.published = True
     result.seconds = round(time.monotonic() - start, 3)
     return result
+
+
+PARALLEL_MIN_BYTES = 64 << 20  # below this, a second stream costs more than it gains
+
+
+def _send(src: _Side, stage: _Side, rsh, ropts: RsyncOptions, planned: list[PlannedFile], streams: int,
+          progress, on_item, cancel) -> RsyncRun:
+    """rsync the source into the stage. With several large files to send, they
+    go first in `streams` concurrent rsyncs over disjoint lists (one ssh
+    stream rarely keeps both ends busy); then one ordinary pass, which finds
+    them there, does the rest: symlinks, directories, deletions, filters."""
+    files = sorted((p for p in planned if p.action == "send"), key=lambda p: -p.size)
+    total = max(sum(p.size for p in files), 1)
+    done = [0] * (streams + 1)
+    lock = threading.Lock()
+
+    def reporter(i):
+        def report(n: int) -> None:
+            with lock:
+                done[i] = n
+                if progress:
+                    progress(min(sum(done), total), total)
+        return report
+
+    runs: list[RsyncRun] = []
+    if streams > 1 and len(files) > 1 and total >= PARALLEL_MIN_BYTES:
+        groups: list[list[PlannedFile]] = [[] for _ in range(min(streams, len(files)))]
+        for f in files:  # largest first into the lightest group
+            min(groups, key=lambda g: sum(x.size for x in g)).append(f)
+        with tempfile.TemporaryDirectory(prefix="model-sync-lists-") as tmp:
+            lists = []
+            for i, g in enumerate(groups):
+                path = os.path.join(tmp, f"stream-{i}")
+                with open(path, "wb") as fh:
+                    fh.write(b"".join(p.path.encode("utf-8", "surrogateescape") + b"\0" for p in g))
+                lists.append(path)
+            stream_opts = RsyncOptions(**{**ropts.__dict__, "delete": False})
+            with ThreadPoolExecutor(max_workers=len(lists)) as pool:
+                futures = [pool.submit(run_rsync, build_rsync_argv(src.rsync_spec(), stage.rsync_spec(), rsh,
+                                                                   stream_opts, files_from=path),
+                                       progress=reporter(i), on_item=on_item, cancel=cancel)
+                           for i, path in enumerate(lists)]
+                runs = [f.result() for f in futures]
+        failed = next((r for r in runs if r.exit_code != 0), None)
+        if failed is not None:
+            return failed
+    final = run_rsync(build_rsync_argv(src.rsync_spec(), stage.rsync_spec(), rsh, ropts),
+                      progress=reporter(streams), on_item=on_item, cancel=cancel)
+    final.items = [i for r in runs for i in r.items] + final.items
+    return final
 
 
 def _hash_both(a: _Side, b: _Side, paths: list[str], method: str) -> tuple[dict[str, str], dict[str, str]]:

@@ -583,3 +583,17 @@ def test_diff_and_prune_treat_hostile_names_as_data(bed, tmp_path):
     assert {n for n in remaining(bed.remote_base) if not n.startswith(".")} == {"RTX3090_N2501_ASR_v2"}
     for d in (tmp_path, bed.home, Path.cwd()):
         assert not list(d.rglob("PWNED")) and not list(d.rglob("PWNED2"))
+
+
+def test_prune_removes_only_what_was_approved(bed):
+    from model_sync import api
+    from model_sync.config import load_config
+
+    for v in ("250101", "250201", "250301", "250401"):
+        (bed.remote_base / f"RTX3090_N2501_OCR_{v}").mkdir()
+    # the user saw (and approved) two names; a third became removable since
+    approved = {"RTX3090_N2501_OCR_250101", "RTX3090_N2501_OCR_250201"}
+    res = api.prune("bed", "OCR", 1, load_config(), yes=True, only=approved)
+    assert {i.name for i in res.removed} == approved
+    assert (bed.remote_base / "RTX3090_N2501_OCR_250301").is_dir()
+    assert "RTX3090_N2501_OCR_250301" in {i.name for i in res.kept if i.status == "unapproved"}

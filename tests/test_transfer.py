@@ -514,3 +514,44 @@ with host.lock({str(bed.remote_base / f".{model.name}.model-sync-lock")!r}, stal
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_parallel_streams_carry_everything(bed, tmp_path, monkeypatch):
+    """Several rsync streams for the files, then the ordinary pass for the
+    rest: the result is the same tree, every file verified once."""
+    from model_sync import api, transfer
+    from model_sync.config import load_config
+    from model_sync.transfer import TransferOptions
+
+    monkeypatch.setattr(transfer, "PARALLEL_MIN_BYTES", 0)
+    calls = []
+    real_run = transfer.run_rsync
+
+    def counting(argv, *a, **kw):
+        calls.append(argv)
+        return real_run(argv, *a, **kw)
+
+    monkeypatch.setattr(transfer, "run_rsync", counting)
+    files = {name: os.urandom(50_000 + i) for i, name in enumerate(HOSTILE)}
+    files.update({f"shards/model-{i:05d}-of-00004.safetensors": os.urandom(120_000) for i in range(4)})
+    src = make_model(tmp_path / "src" / "RTX3090_N2501_STREAMS_250101", files)
+    os.symlink("shards/model-00000-of-00004.safetensors", src / "latest.safetensors")
+    (src / "empty-dir").mkdir()
+    seen = []
+    res = api.push(str(src), "bed", load_config(), opts=TransferOptions(streams=3),
+                   progress=lambda done, total: seen.append((done, total)))
+    dest = bed.remote_base / src.name
+    assert tree(dest) == tree(src)
+    assert os.readlink(dest / "latest.safetensors") == "shards/model-00000-of-00004.safetensors"
+    assert (dest / "empty-dir").is_dir()
+    assert sorted(res.sent) == sorted(files) and res.verified is True
+    assert seen[-1][0] == seen[-1][1] == sum(len(v) for v in files.values())
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    streamed = [a for a in calls if any(x.startswith("--files-from=") for x in a)]
+    assert len(streamed) == 3 and len(calls) == 4  # three streams, then the ordinary pass
+    # and an update with --delete through the same path
+    (src / "shards" / "model-00003-of-00004.safetensors").unlink()
+    (src / HOSTILE[0]).write_bytes(b"changed")
+    res = api.push(str(src), "bed", load_config(), opts=TransferOptions(streams=3, delete=True, confirmed=True))
+    assert res.sent == [HOSTILE[0]] and res.deleted == ["shards/model-00003-of-00004.safetensors"]
+    assert tree(dest) == tree(src)
