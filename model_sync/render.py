@@ -297,12 +297,23 @@ def choose_format(fmt: str, stream=None) -> str:
     return "rich" if stream.isatty() and os.environ.get("TERM") != "dumb" else "markdown"
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    # dataclasses.fields() per object is slow on a 20,000-file diff
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls)) + \
+            tuple(getattr(cls, "__json_properties__", ()))
+    return names
+
+
 def to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        for name in getattr(obj, "__json_properties__", ()):
-            out[name] = to_jsonable(getattr(obj, name))
-        return out
+        return {name: to_jsonable(getattr(obj, name)) for name in _field_names(type(obj))}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(x) for x in obj]
     if isinstance(obj, dict):
@@ -312,8 +323,9 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def to_json(result) -> str:
-    return json.dumps(to_jsonable(result), indent=2, ensure_ascii=False)
+def to_json(result, pretty: bool = True) -> str:
+    # indent makes json use its pure-Python encoder: compact for pipes and scripts
+    return json.dumps(to_jsonable(result), indent=2 if pretty else None, ensure_ascii=False)
 
 
 def markdown(result) -> str:
@@ -341,7 +353,7 @@ def print_result(result, fmt: str = "auto", file=None) -> None:
     file = file or sys.stdout
     fmt = choose_format(fmt, file)
     if fmt == "json":
-        file.write(to_json(result) + "\n")
+        file.write(to_json(result, pretty=file.isatty()) + "\n")
     elif fmt == "markdown":
         file.write(markdown(result))
     else:
