@@ -101,6 +101,7 @@ def cli(ctx, config_path, json_, fmt, verbose):
 
 @cli.command()
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@output_options
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.pass_obj
 def init(state: State, force, path):
@@ -112,6 +113,8 @@ def init(state: State, force, path):
     """
     target = Path(path) if path else Path(state.config_path) if state.config_path else default_config_path()
     written = write_starter(target, force=force)
+    if state.fmt == "json":
+        click.echo(render.to_json({"written": str(written)}, pretty=sys.stdout.isatty()))
     click.echo(f"wrote {written}; edit the servers section, then run 'model-sync servers --check'", err=True)
 
 

@@ -137,3 +137,11 @@ def test_init_writes_starter_and_refuses_overwrite(cli, isolated_home):
     assert target.read_text().endswith("# mine\n")
     assert cli("init", "--force").returncode == 0
     assert not target.read_text().endswith("# mine\n")
+
+
+def test_init_json(cli, isolated_home):
+    import json
+
+    res = cli("init", "--json")
+    assert res.returncode == 0
+    assert json.loads(res.stdout) == {"written": str(isolated_home / ".model-sync.yaml")}
