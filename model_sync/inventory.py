@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from .config import Config
 from .errors import RemoteError, UsageError
 from .hosts import LocalHost, open_host, remote_path_expr
-from .manifest import (MANIFEST_NAME, PARTIAL_DIR, SHA256, XXH128, FileEntry, chunked, hash_files, parse_manifest,
-                       remote_hash_method)
+from .manifest import (SHA256, XXH128, FileEntry, Tree, chunked, hash_files,
+                       list_tree, remote_hash_method)
 from .naming import (SelectorError, compile_pattern, example_name, group_models, parse_name, resolve_selector,
                      version_key)
 
@@ -342,73 +342,9 @@ def check_name(name: str, pattern: str) -> NameCheck:
 
 
 # -- diff --------------------------------------------------------------------------------------
-# manifest.list_tree's listing and, in the same round trip, the manifest's
-# mtime and text (stat before cat: a manifest replaced in between is read as
-# older than it is, never as newer).
-_TREE = r"""
-root=@ROOT@
-if [ ! -e "$root" ]; then echo MISSING; exit 0; fi
-if [ ! -d "$root" ]; then echo NOTDIR; exit 0; fi
-cd -- "$root" || exit 3
-printf 'OK\n'
-find . -name @PARTIAL@ -prune -o \( -type f -o -type l \) ! -path ./@MANIFEST@ -printf '%y %s %T@ %P\0%l\0'
-m=./@MANIFEST@
-if [ -f "$m" ] && [ ! -L "$m" ]; then
-  find "$m" -maxdepth 0 -printf 'MANIFEST %T@\n' && tr -d '\000' < "$m"
-fi
-"""
-
-
-@dataclass
-class SideTree:
-    root: str
-    exists: bool
-    is_dir: bool
-    files: dict[str, FileEntry] = field(default_factory=dict)
-    manifest: dict[str, str] = field(default_factory=dict)
-    manifest_mtime: int | None = None  # whole seconds
-
-    def trusted_hash(self, entry: FileEntry) -> str | None:
-        """The manifest's hash of a file, when the manifest is newer than the
-        file: file mtime (whole seconds) strictly before the manifest's, so a
-        change in the same second as the manifest is hashed again. A change
-        that restores the old mtime on a side with a manifest is not seen
-        (verify rehashes everything)."""
-        if self.manifest_mtime is None or entry.kind != "f":
-            return None
-        h = self.manifest.get(entry.path)
-        return h if h and entry.mtime < self.manifest_mtime else None
-
-
-def list_tree_with_manifest(host, root: str) -> SideTree:
-    """Every file and symlink under root with size and mtime, and the
-    directory's .model-sync.xxh128 manifest, in one round trip."""
-    script = _fill(_TREE, ROOT=remote_path_expr(root), PARTIAL=PARTIAL_DIR, MANIFEST=MANIFEST_NAME)
-    res = host.script(script, timeout=600)
-    out = res.stdout
-    if not out.startswith(("OK", "MISSING", "NOTDIR")):
-        raise RemoteError(host.alias, f"cannot list {root}: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
-                          res.exit_code, res.stderr)
-    if out.startswith("MISSING"):
-        return SideTree(root, exists=False, is_dir=False)
-    if out.startswith("NOTDIR"):
-        return SideTree(root, exists=True, is_dir=False)
-    tree = SideTree(root, exists=True, is_dir=True)
-    parts = out[3:].split("\0")
-    i = 0
-    while i < len(parts) - 1 and parts[i][:2] in ("f ", "l "):
-        kind, size, mtime, path = parts[i].split(" ", 3)
-        tree.files[path] = FileEntry(path, int(size), int(float(mtime)), kind, parts[i + 1] if kind == "l" else "")
-        i += 2
-    rest = "\0".join(parts[i:])
-    if rest.startswith("MANIFEST "):
-        head, _, text = rest.partition("\n")
-        try:
-            tree.manifest_mtime = int(float(head.split()[1]))
-            tree.manifest = parse_manifest(text)
-        except (IndexError, ValueError):
-            pass
-    return tree
+# A side of a diff is a manifest.Tree: files, and the manifest with its mtime.
+SideTree = Tree
+list_tree_with_manifest = list_tree
 
 
 STATUSES = ("same", "new", "modified", "remote only")

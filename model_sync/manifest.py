@@ -45,47 +45,84 @@ class Tree:
     exists: bool
     files: dict[str, FileEntry] = field(default_factory=dict)
     is_dir: bool = True
+    manifest: dict[str, str] = field(default_factory=dict)  # the directory's .model-sync.xxh128
+    manifest_mtime: int | None = None  # whole seconds
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files.values() if f.kind == "f")
 
+    def trusted_hash(self, entry: FileEntry) -> str | None:
+        """The manifest's hash of a file, when the manifest is newer than the
+        file: file mtime (whole seconds) strictly before the manifest's, so a
+        change in the same second as the manifest is hashed again. A change
+        that restores the old mtime on a side with a manifest is not seen
+        (verify rehashes everything)."""
+        if self.manifest_mtime is None or entry.kind != "f":
+            return None
+        h = self.manifest.get(entry.path)
+        return h if h and entry.mtime < self.manifest_mtime else None
 
+
+# Every file and symlink below `.`, NUL-separated "KIND SIZE MTIME PATH\0TARGET\0"
+# records; shared by every listing script so they all read alike.
+FIND_FILES = (r"find . -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} "
+              r"-printf '%y %s %T@ %P\0%l\0'").format(partial=PARTIAL_DIR, manifest=MANIFEST_NAME)
+
+# The listing and, in the same round trip, the manifest's mtime and text (stat
+# before cat: a manifest replaced in between reads as older, never newer).
 _LIST = r"""
 root={root}
 if [ ! -e "$root" ]; then echo MISSING; exit 0; fi
 if [ ! -d "$root" ]; then echo NOTDIR; exit 0; fi
 cd -- "$root" || exit 3
 printf 'OK\n'
-find . -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} -printf '%y %s %T@ %P\0%l\0'
+{find}
+m=./{manifest}
+if [ -f "$m" ] && [ ! -L "$m" ]; then
+  find "$m" -maxdepth 0 -printf 'MANIFEST %T@\n' && tr -d '\000' < "$m"
+fi
 """
 
 
 def list_tree(host, root: str) -> Tree:
-    """Every file and symlink under root, with size and mtime, in one round trip."""
+    """Every file and symlink under root, with size and mtime, and the
+    directory's manifest, in one round trip."""
     from .hosts import remote_path_expr
 
-    res = host.script(_LIST.format(root=remote_path_expr(root), partial=PARTIAL_DIR, manifest=MANIFEST_NAME),
+    res = host.script(_LIST.format(root=remote_path_expr(root), find=FIND_FILES, manifest=MANIFEST_NAME),
                       timeout=600)
     out = res.stdout
-    if res.exit_code != 0 and not out.startswith("OK"):
+    if not out.startswith(("OK", "MISSING", "NOTDIR")):
         raise RemoteError(host.alias, f"cannot list {root}: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
                           res.exit_code, res.stderr)
     if out.startswith("MISSING"):
         return Tree(root, exists=False, is_dir=False)
     if out.startswith("NOTDIR"):
         return Tree(root, exists=True, is_dir=False)
-    return Tree(root, exists=True, files=parse_listing(out.split("\n", 1)[1] if "\n" in out else ""))
+    tree = Tree(root, exists=True)
+    tree.files, rest = parse_listing(out[3:])
+    if rest.startswith("MANIFEST "):
+        head, _, text = rest.partition("\n")
+        try:
+            tree.manifest_mtime = int(float(head.split()[1]))
+            tree.manifest = parse_manifest(text)
+        except (IndexError, ValueError):
+            pass
+    return tree
 
 
-def parse_listing(data: str) -> dict[str, FileEntry]:
+def parse_listing(data: str) -> tuple[dict[str, FileEntry], str]:
+    """FIND_FILES records, up to the first thing that is not one; returns the
+    files and the rest of the text."""
     parts = data.split("\0")
     files: dict[str, FileEntry] = {}
-    for i in range(0, len(parts) - 1, 2):
-        head, target = parts[i], parts[i + 1]
-        kind, size, mtime, path = head.split(" ", 3)
-        files[path] = FileEntry(path, int(size), int(float(mtime)), kind, target if kind == "l" else "")
-    return files
+    i = 0
+    while i < len(parts) - 1 and parts[i][:2] in ("f ", "l "):
+        kind, size, mtime, path = parts[i].split(" ", 3)
+        files[path] = FileEntry(path, int(size), int(float(mtime)), kind, parts[i + 1] if kind == "l" else "")
+        i += 2
+    return files, "\0".join(parts[i:])
 
 
 # -- hashing ------------------------------------------------------------------------

@@ -43,7 +43,7 @@ echo @@DATA
 ms_list() {{
   printf '@@LIST %s\0\0' "$1"
   if [ -d "$2" ] && [ ! -L "$2" ]; then
-    (cd -- "$2" && find . -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} -printf '%y %s %T@ %P\0%l\0')
+    (cd -- "$2" && {find})
   fi
   printf '@@END\0\0'
 }}
@@ -55,10 +55,10 @@ if [ {both} = 1 ]; then ms_list target "$target"; fi
 def state_script(target: str, stage: str, use_stage: bool, both: bool) -> str:
     """Shell that reports the state of `target` (and its staging copy); both
     arguments are already-quoted shell words."""
-    from .manifest import MANIFEST_NAME, PARTIAL_DIR
+    from .manifest import FIND_FILES, MANIFEST_NAME
 
     return _STATE.format(target=target, stage=stage, use_stage=1 if use_stage else 0, both=1 if both else 0,
-                         manifest=MANIFEST_NAME, partial=PARTIAL_DIR)
+                         manifest=MANIFEST_NAME, find=FIND_FILES)
 
 
 @dataclass
@@ -124,20 +124,15 @@ def parse_state(out: str, path: str) -> TargetState:
 
 
 def parse_sections(data: str) -> dict[str, dict]:
-    from .manifest import FileEntry
+    """Listings, each opened by an "@@LIST name" record and closed by "@@END"."""
+    from .manifest import parse_listing
 
     out: dict[str, dict] = {}
-    current: dict | None = None
-    toks = data.split("\0")
-    for i in range(0, len(toks) - 1, 2):
-        head, target = toks[i], toks[i + 1]
-        if head.startswith("@@LIST ") and current is None:
-            current = out.setdefault(head[7:], {})
-        elif head == "@@END":
-            current = None
-        elif current is not None:
-            kind, size, mtime, rel = head.split(" ", 3)
-            current[rel] = FileEntry(rel, int(size), int(float(mtime)), kind, target if kind == "l" else "")
+    rest = data
+    while rest.startswith("@@LIST "):
+        name, _, rest = rest[7:].partition("\0\0")
+        out[name], rest = parse_listing(rest)
+        rest = rest.removeprefix("@@END\0\0")
     return out
 
 

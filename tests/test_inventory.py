@@ -85,7 +85,7 @@ def test_sorts_are_natural_and_documented_directions():
 
 
 def tree(files: dict[str, FileEntry], manifest=None, mtime=None) -> SideTree:
-    return SideTree("/x", True, True, files, manifest or {}, mtime)
+    return SideTree("/x", True, files=files, is_dir=True, manifest=manifest or {}, manifest_mtime=mtime)
 
 
 def test_compare_statuses_quick_and_checksum():
