@@ -205,17 +205,18 @@ def pull(source: str, local_path: str, config: Config | None = None, opts=None, 
         from .errors import UsageError
         raise UsageError(f"pull needs a path on the server: {alias}:MODEL (see 'model-sync list {alias}')")
     selector = None
-    if inventory.has_selector(path) or gpu is not None:
-        host = open_host(alias, config)
-        try:
+    host = open_host(alias, config)  # one connection for resolving and transferring
+    try:
+        if inventory.has_selector(path) or gpu is not None:
             concrete = inventory.resolve_remote_model(host, config, path, gpu)
-        finally:
-            host.close()
-        if concrete != path:
-            selector, path = path, concrete
-            if on_resolve:
-                on_resolve(selector, path)
-    result = transfer("pull", local_path, alias, path, config, opts or transfer_defaults(config), **hooks)
+            if concrete != path:
+                selector, path = path, concrete
+                if on_resolve:
+                    on_resolve(selector, path)
+        result = transfer("pull", local_path, alias, path, config, opts or transfer_defaults(config),
+                          host=host, **hooks)
+    finally:
+        host.close()
     return TransferReport.of(result, selector=selector, resolved=path if selector else None)
 
 
@@ -251,7 +252,8 @@ def verify(local_path: str, destination: str, config: Config | None = None, gpu:
     from .errors import UsageError
     from .hosts import LocalHost
     from .manifest import SHA256, XXH128, hash_files, list_tree, remote_hash_method
-    from .transfer import _remote_path
+    from .paths import relative_or_absolute
+    from .probe import inspect
 
     config = config or load_config()
     alias, path = split_remote(destination, config)
@@ -269,17 +271,17 @@ def verify(local_path: str, destination: str, config: Config | None = None, gpu:
                 selector, path = path, concrete
                 if on_resolve:
                     on_resolve(selector, path)
-        facts = probe(server)
-        method = "xxhsum" if server.is_local else remote_hash_method(facts)
-        rpath = _remote_path(path, facts, alias, os.path.basename(local_abs.rstrip("/")))
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        rel = relative_or_absolute(path, alias, os.path.basename(local_abs.rstrip("/")))
+        with ThreadPoolExecutor(max_workers=2) as pool:  # one round trip to the server: tools and listing
             ft = pool.submit(list_tree, here, local_abs)
-            rt = pool.submit(list_tree, server, rpath)
-            ltree, rtree = ft.result(), rt.result()
-        if not rtree.exists:
+            rt = pool.submit(inspect, server, rel, False)
+            ltree, (facts, rstate) = ft.result(), rt.result()
+        method = "xxhsum" if server.is_local else remote_hash_method(facts)
+        rpath = rstate.path
+        if not rstate.is_dir:
             raise UsageError(f"{alias}:{rpath} does not exist; push it first")
         lfiles = {p for p, f in ltree.files.items() if f.kind == "f"}
-        rfiles = {p for p, f in rtree.files.items() if f.kind == "f"}
+        rfiles = {p for p, f in rstate.files.items() if f.kind == "f"}
         common = sorted(lfiles & rfiles)
         with ThreadPoolExecutor(max_workers=2) as pool:
             fl = pool.submit(hash_files, here, local_abs, common, method)

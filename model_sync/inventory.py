@@ -25,6 +25,7 @@ from .errors import RemoteError, UsageError
 from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (SHA256, XXH128, FileEntry, Tree, chunked, hash_files,
                        list_tree, remote_hash_method)
+from .paths import under
 from .naming import (SelectorError, compile_pattern, example_name, group_models, parse_name, resolve_selector,
                      version_key)
 
@@ -294,7 +295,7 @@ def resolve_remote_model(host, config: Config, path: str | None, gpu: str | None
     elif parent.startswith("/"):
         directory = posixpath.normpath(parent)
     else:
-        directory = _under(server.model_base, parent, host.alias)
+        directory = under(server.model_base, parent, host.alias)
     listing = list_dirs(host, directory)
     try:
         name = resolve_selector([d.name for d in listing.dirs], selector, config.naming_pattern, gpu)
@@ -304,23 +305,11 @@ def resolve_remote_model(host, config: Config, path: str | None, gpu: str | None
     return posixpath.join(parent, name) if parent else name
 
 
-def _under(base: str, rel: str, alias: str) -> str:
-    from .transfer import _under as under  # one rule for "inside model_base"
-
-    return under(base, rel, alias)
-
-
 def server_path(server, path: str | None, default_name: str | None) -> str:
     """Where `alias:path` points, spelt with the config's model_base (a
     leading ~ is expanded by the shell there): absolute as given, relative
     under model_base and not leaving it, none -> model_base/default_name."""
-    if not path:
-        if not default_name:
-            raise UsageError(f"{server.alias}: give the model's path, e.g. {server.alias}:MODEL_NAME")
-        return _under(server.model_base, default_name, server.alias)
-    if path.startswith("/"):
-        return posixpath.normpath(path)
-    return _under(server.model_base, path, server.alias)
+    return under(server.model_base, path, server.alias, default_name)
 
 
 # -- names on push ---------------------------------------------------------------------------

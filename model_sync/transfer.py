@@ -26,6 +26,7 @@ from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
 from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (MANIFEST_NAME, SHA256, XXH128, hash_files, list_tree, manifest_text,
                        remote_hash_method)
+from .paths import relative_or_absolute
 from .probe import HostFacts, TargetState, inspect, parse_state, sibling, state_script
 from .rsync import Item, RsyncOptions, RsyncRun, build_rsync_argv, check_result, run_rsync
 
@@ -117,28 +118,6 @@ class _Side:
         return f"{self.host.target.host}:{self.path}"
 
 
-def _under(base: str, rel: str, alias: str) -> str:
-    """base/rel, refusing a relative path that climbs out of model_base."""
-    joined = posixpath.normpath(posixpath.join(base, rel))
-    if joined != base.rstrip("/") and not joined.startswith(base.rstrip("/") + "/"):
-        raise UsageError(f"{alias}: '{rel}' leaves the server's model_base ({base}); "
-                         "give an absolute path if you mean a place outside it")
-    return joined
-
-
-def _remote_path(path: str | None, facts: HostFacts, alias: str, default_name: str | None) -> str:
-    base = facts.base_abs
-    if not base:
-        raise RemoteError(alias, "could not resolve model_base on the server")
-    if not path:
-        if default_name is None:
-            raise UsageError(f"{alias}: give the model's path, e.g. {alias}:MODEL_NAME")
-        return _under(base, default_name, alias)
-    if path.startswith("/"):
-        return posixpath.normpath(path)
-    return _under(base, path, alias)
-
-
 def _check_rsync(facts: HostFacts, alias: str) -> None:
     if facts.rsync_version is None:
         raise RemoteError(alias, "rsync is not installed on the server; install rsync 3.2+ there "
@@ -226,26 +205,13 @@ def _run_script(host, script: str, what: str, stdin: bytes | None = None) -> str
     return res.stdout.strip()
 
 
-def _relative_or_absolute(path: str | None, alias: str, default_name: str | None) -> str:
-    """The server-side path as given: absolute, or relative to model_base
-    (normalised, and refused if it climbs out of model_base)."""
-    if not path:
-        if default_name is None:
-            raise UsageError(f"{alias}: give the model's path, e.g. {alias}:MODEL_NAME")
-        path = default_name
-    if path.startswith("/"):
-        return posixpath.normpath(path)
-    rel = posixpath.normpath(path)
-    if rel == "." or rel == ".." or rel.startswith("../"):
-        raise UsageError(f"{alias}: '{path}' leaves the server's model_base; "
-                         "give an absolute path if you mean a place outside it")
-    return rel
-
-
 # -- the transfer --------------------------------------------------------------------
 def transfer(direction: str, local_path: str, alias: str, remote_path: str | None, config: Config,
              opts: TransferOptions, progress: Progress | None = None, on_item: Callable[[Item], None] | None = None,
-             on_wait: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> TransferResult:
+             on_wait: Callable[[], None] | None = None, cancel: threading.Event | None = None,
+             host=None) -> TransferResult:
+    """Push or pull one model directory. `host`: an open host for `alias` to
+    reuse (the caller closes it); otherwise one is opened and closed here."""
     if direction not in ("push", "pull"):
         raise UsageError(f"unknown direction {direction!r}")
     from dataclasses import replace
@@ -258,9 +224,9 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
     local_abs = os.path.abspath(os.path.expanduser(local_path))
     if direction == "push" and not os.path.isdir(local_abs):
         raise UsageError(f"{local_path} is not a directory; push sends a model directory")
-    rel = _relative_or_absolute(remote_path, alias, os.path.basename(local_abs.rstrip("/"))
+    rel = relative_or_absolute(remote_path, alias, os.path.basename(local_abs.rstrip("/"))
                                 if direction == "push" else None)
-    server = open_host(alias, config)
+    server = host or open_host(alias, config)
     here = server if server.is_local else LocalHost.this_machine()
     try:
         # one round trip: the server's tools, and the model directory there
@@ -286,7 +252,8 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
         server_side = dst if direction == "push" else src
         return _transfer(direction, alias, src, dst, server_side, opts, method, progress, on_item, on_wait, cancel)
     finally:
-        server.close()
+        if host is None:
+            server.close()
 
 
 def _rsh(side_a: _Side, side_b: _Side) -> str | None:

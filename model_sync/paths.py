@@ -1,0 +1,32 @@
+"""Where a server path points: one rule for "inside model_base".
+
+An absolute path is taken as given (the user meant it); a relative one is
+under the server's model_base and may not climb out of it with '..'."""
+
+from __future__ import annotations
+
+import posixpath
+
+from .errors import UsageError
+
+
+def relative_or_absolute(path: str | None, alias: str, default_name: str | None = None) -> str:
+    """The path normalised: absolute, or relative to model_base (refused if it
+    leaves it). With no path, `default_name` (e.g. the local directory's name)."""
+    if not path:
+        if not default_name:
+            raise UsageError(f"{alias}: give the model's path, e.g. {alias}:MODEL_NAME")
+        path = default_name
+    if path.startswith("/"):
+        return posixpath.normpath(path)
+    rel = posixpath.normpath(path)
+    if rel in (".", "..") or rel.startswith("../"):
+        raise UsageError(f"{alias}: '{path}' leaves the server's model_base; "
+                         "give an absolute path if you mean a place outside it")
+    return rel
+
+
+def under(base: str, path: str | None, alias: str, default_name: str | None = None) -> str:
+    """relative_or_absolute(), joined to `base` when relative."""
+    p = relative_or_absolute(path, alias, default_name)
+    return p if p.startswith("/") else posixpath.join(base.rstrip("/") or "/", p)
