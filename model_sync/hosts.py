@@ -34,6 +34,15 @@ if os.environ.get("MODEL_SYNC_DEBUG") != "1":
 
 
 @dataclass
+class Held:
+    """A held lock: what its `then` script printed, and (on a server) the file
+    that exists only while the lock is held, for later steps to check."""
+
+    output: str
+    owner: str | None = None
+
+
+@dataclass
 class CommandResult:
     exit_code: int
     stdout: str
@@ -130,7 +139,7 @@ class LocalHost:
                 if res.exit_code != 0:
                     raise RemoteError(self.alias, f"preparing the destination failed: {res.stderr.strip()}")
                 out = res.stdout
-            yield out
+            yield Held(out)  # an flock of this process cannot lapse while it runs
         finally:
             os.close(fd)
 
@@ -260,7 +269,8 @@ class RemoteHost:
         transport = self.connect().transport
         chan = transport.open_session(timeout=self.target.connect_timeout)
         chan.settimeout(timeout)
-        chan.exec_command(command)
+        # bytes: a file name that is not UTF-8 travels as the bytes it is
+        chan.exec_command(command.encode("utf-8", "surrogateescape"))
         return chan
 
     @contextlib.contextmanager
@@ -276,13 +286,16 @@ class RemoteHost:
         # markers with a random token: the `then` output may hold any file name
         token = os.urandom(8).hex()
         ready, failed = f"MS-READY-{token}", f"MS-FAILED-{token}"
+        owner = f"{path}.owner-{token}"  # exists only while this holder holds the lock
         then_part = f"( {then}\n) 9>&- || printf '\\n%s\\n' {failed}\n" if then else ""
         stale = max(30, int(stale_after))
         hold = (f"if command -v timeout >/dev/null 2>&1; then "
                 f"while [ \"$(timeout {stale} head -c 1)\" = k ]; do :; done; else cat >/dev/null; fi\n")
         script = (f"mkdir -p -- {lock_dir} && exec 9>>{remote_path_expr(path)} || exit 3\n"
                   f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"
-                  f"if ! flock -n 9; then {busy}; fi\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
+                  f"if ! flock -n 9; then {busy}; fi\n"
+                  f"owner={remote_path_expr(owner)}; trap 'rm -f -- \"$owner\"' EXIT; trap 'exit 1' HUP INT TERM\n"
+                  f": > \"$owner\"\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
         chan = self._channel(f"sh -c {shlex.quote(script)}")
         try:
             out = chan.makefile("rb")
@@ -319,7 +332,7 @@ class RemoteHost:
             beating = threading.Event()
             threading.Thread(target=_heartbeat, args=(chan, beating, stale / 4), daemon=True).start()
             try:
-                yield "".join(then_out)
+                yield Held("".join(then_out), owner)
             finally:
                 beating.set()
         finally:

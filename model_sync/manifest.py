@@ -189,8 +189,10 @@ def hash_with_script(host, root: str, paths: list[str], method: str) -> dict[str
             cmd = f"python3 -c {shlex.quote(_PY_HASH)} {args}"
         elif all(_plain_name(p) for p in chunk):
             tool = "xxhsum -H2" if method == "xxhsum" else "sha256sum"
-            # one call for the chunk; each output line names its file
-            cmd = f"{tool} -- {args}"
+            # one call for the chunk; each output line names its file (line-buffered
+            # where stdbuf exists, so a long chunk keeps the channel alive)
+            cmd = f'sb=; if command -v stdbuf >/dev/null 2>&1; then sb="stdbuf -oL"; fi\n$sb {tool} -- {args}'
+
         else:
             tool = "xxhsum -H2" if method == "xxhsum" else "sha256sum"
             # a name with a newline or backslash would be escaped or split in the

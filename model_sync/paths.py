@@ -19,6 +19,9 @@ def relative_or_absolute(path: str | None, alias: str, default_name: str | None 
         path = default_name
     if path.startswith("/"):
         return posixpath.normpath(path)
+    if path.startswith("~"):
+        raise UsageError(f"{alias}: '{path}': '~' is not expanded in server paths; give an absolute path "
+                         "or one relative to the server's model_base")
     rel = posixpath.normpath(path)
     if rel in (".", "..") or rel.startswith("../"):
         raise UsageError(f"{alias}: '{path}' leaves the server's model_base; "

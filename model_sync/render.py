@@ -71,6 +71,8 @@ def cell(value: Any) -> str:
     text = str(value)
     if any(ord(c) < 32 or c == "\x7f" for c in text):
         text = text.encode("unicode_escape").decode("ascii")
+    if any("\udc80" <= c <= "\udcff" for c in text):  # bytes that are not UTF-8, shown as \xNN
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text
 
 
@@ -325,7 +327,13 @@ def to_jsonable(obj: Any) -> Any:
 
 def to_json(result, pretty: bool = True) -> str:
     # indent makes json use its pure-Python encoder: compact for pipes and scripts
-    return json.dumps(to_jsonable(result), indent=2 if pretty else None, ensure_ascii=False)
+    data, indent = to_jsonable(result), 2 if pretty else None
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
+        text = json.dumps(data, indent=indent)
+    return text
 
 
 def markdown(result) -> str:

@@ -77,10 +77,11 @@ _ESCAPE = re.compile(r"\\#([0-7]{3})")
 
 def unescape_name(name: str) -> str:
     raw = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), name)
-    # rsync escapes bytes; rebuild them and decode as UTF-8
+    # rsync escapes bytes; rebuild them and decode as listings do (bytes that
+    # are not UTF-8 kept as surrogates), so the names match
     try:
-        return raw.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
+        return raw.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
         return raw
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 from .config import Config
 from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
 from .hosts import LocalHost, open_host, remote_path_expr
-from .manifest import (MANIFEST_NAME, SHA256, XXH128, hash_files, list_tree, manifest_text,
+from .manifest import (MANIFEST_NAME, PARTIAL_DIR, SHA256, XXH128, hash_files, list_tree, manifest_text,
                        remote_hash_method)
 from .paths import relative_or_absolute
 from .probe import HostFacts, TargetState, inspect, parse_state, sibling, state_script
@@ -87,10 +87,10 @@ class ConfirmationNeeded(ModelSyncError):
 
     exit_code = 2
 
-    def __init__(self, deletions: list[PlannedFile], destination: str):
+    def __init__(self, deletions: list[PlannedFile], destination: str, why: str = ""):
         names = ", ".join(d.path for d in deletions[:5]) + (" ..." if len(deletions) > 5 else "")
-        super().__init__(f"--delete would remove {len(deletions)} file(s) from {destination}: {names}; "
-                         "rerun with --yes to confirm (or --dry-run to see the list)")
+        super().__init__(f"{why}--delete would remove {len(deletions)} file(s) from {destination}: {names}; "
+                         "nothing was published; rerun with --yes to confirm (or --dry-run to see the list)")
         self.deletions = deletions
 
 
@@ -136,13 +136,14 @@ def _local_rsync() -> None:
 # Runs under the lock. A fresh clone is built under a temporary name and
 # renamed once complete, so a half-made clone is never taken for a stage. A
 # stage left by an interrupted run is resumed; whatever the destination has
-# gained since is linked in (cp -n), so nothing of the destination is lost.
+# gained since is linked in (rsync --ignore-existing --link-dest: cp -n exits 1
+# on coreutils 9.2-9.4), so nothing of the destination is lost.
 _PREPARE = r"""
 dest={dest}; stage={stage}
 if [ -L "$dest" ]; then echo dest-symlink; exit 0; fi
 if [ -e "$dest" ] && [ ! -d "$dest" ]; then echo dest-not-dir; exit 0; fi
 if [ -d "$stage" ]; then
-  if [ -d "$dest" ]; then cp -aln -- "$dest/." "$stage/" || exit 3; fi
+  if [ -d "$dest" ]; then rsync -a --ignore-existing --link-dest="$dest/" -- "$dest/" "$stage/" || exit 3; fi
   echo resume
 elif [ -d "$dest" ]; then
   rm -rf -- "$stage.tmp"
@@ -159,7 +160,9 @@ fi
 # RENAME_EXCHANGE, through python3); elsewhere (e.g. NFS, or no python3) two
 # renames a moment apart.
 _PUBLISH = r"""
-dest={dest}; stage={stage}; old={old}
+dest={dest}; stage={stage}; old={old}; owner={owner}
+if [ -n "$owner" ] && [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
+find "$stage" -name {partial} -type d -prune -exec rm -rf -- {{}} + || exit 3
 if [ {write_manifest} = 1 ]; then
   cat > "$stage/{manifest}.tmp" && mv -f -- "$stage/{manifest}.tmp" "$stage/{manifest}" || exit 3
 fi
@@ -249,6 +252,11 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
             _check_destination(alias, local_abs, local_state, None)
             src = _Side(server, rpath, tree=remote.files)
             dst = _Side(here, local_abs, state=local_state)
+        if server.is_local:  # both ends on this machine: neither may hold the other
+            a, b = os.path.realpath(src.path), os.path.realpath(dst.path)
+            if os.path.commonpath([a, b]) in (a, b):
+                raise UsageError(f"{dst.path} and {src.path} overlap (one holds the other); "
+                                 "pick a destination outside the source")
         server_side = dst if direction == "push" else src
         return _transfer(direction, alias, src, dst, server_side, opts, method, progress, on_item, on_wait, cancel)
     finally:
@@ -327,14 +335,25 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     # and the destination: what we act on is what is there now
     d, st = remote_path_expr(dst.path), remote_path_expr(dst.stage)
     then = _PREPARE.format(dest=d, stage=st) + state_script(d, st, use_stage=True, both=True)
-    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as out:
-        how, _, rest = out.partition("\n")
+    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as held:
+        how, _, rest = held.output.partition("\n")
         if how == "dest-symlink" or how == "dest-not-dir":
             _check_destination(alias, result.destination, TargetState(
                 dst.path, False, False, None, {}, {}, is_link=how == "dest-symlink", is_other=True), None)
         now = parse_state(rest, dst.path)
-        staged = now.files  # the stage, as it is before rsync
+        staged = dict(now.files)  # the stage, as it is before rsync
         published = now.target_files or {}
+        # what an older stage holds that neither the source nor the published
+        # copy has (or has so): back to the published copy's state
+        stale = sorted(p for p, f in staged.items()
+                       if p not in src.tree and (p not in published or not f.same_quick(published[p])))
+        if stale:
+            _reset_to_published(dst.host, dst.path, dst.stage, stale, published)
+            for p in stale:
+                if p in published:
+                    staged[p] = published[p]
+                else:
+                    staged.pop(p)
         # files an interrupted run left in the stage that differ from the
         # published copy: not verified yet, whatever rsync thinks of them
         carried = {p for p, f in staged.items() if p not in published or not f.same_quick(published[p])}
@@ -347,8 +366,14 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         result.deleted = [p.rstrip("/") for p in run.deleted]
         result.files = len(sent)
         result.bytes = sum(src.tree[p].size if p in src.tree else 0 for p in sent)
+        unapproved = sorted(set(result.deleted) - {p.path for p in deletions})
+        if unapproved:
+            raise ConfirmationNeeded([PlannedFile(p, 0, "delete") for p in unapproved], result.destination,
+                                     "the destination changed since the plan, and ")
         final = (set(staged) | set(sent)) - set(result.deleted)
-        to_check = sorted((set(sent) | (carried & final)) & {p for p, f in src.tree.items() if f.kind == "f"})
+        # every sent file, and what an interrupted run left; a sent file the
+        # source no longer has fails the comparison (the source changed)
+        to_check = sorted(set(sent) | (carried & final & {p for p, f in src.tree.items() if f.kind == "f"}))
 
         # 3. verify what was sent (and what an interrupted run sent), both ends at once
         hashes: dict[str, str] = {}
@@ -381,13 +406,37 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
 
         # 5. publish in one step (with the manifest, in the same round trip)
         write = manifest != old_manifest
-        swap = bool(gone) or write or not now.is_dir
-        _run_script(dst.host, _PUBLISH.format(dest=d, stage=st, old=remote_path_expr(old), manifest=MANIFEST_NAME,
-                                              write_manifest=1 if write else 0, swap=1 if swap else 0),
-                    "publishing", stdin=manifest_text(manifest).encode("utf-8") if write else None)
+        # any change rsync made (symlinks, new directories, types, modes) counts;
+        # only directory attribute updates alone do not
+        changed = any(not i.flags.startswith(".d") for i in run.items)
+        swap = bool(gone) or write or changed or not now.is_dir
+        res = dst.host.script(_PUBLISH.format(
+            dest=d, stage=st, old=remote_path_expr(old), manifest=MANIFEST_NAME, partial=PARTIAL_DIR,
+            owner=remote_path_expr(held.owner) if held.owner else "''", write_manifest=1 if write else 0,
+            swap=1 if swap else 0), timeout=3600,
+            stdin=manifest_text(manifest).encode("utf-8", "surrogateescape") if write else None)
+        if res.exit_code == 9:
+            raise ModelSyncError(f"{alias}: this run's lock on the destination lapsed (no heartbeat for "
+                                 f"{max(30, opts.io_timeout)}s: was the process stopped, or the network down?); "
+                                 "nothing was published. Run the same command again")
+        if res.exit_code != 0:
+            raise RemoteError(alias, f"publishing failed: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
+                              res.exit_code, res.stderr)
         result.published = True
     result.seconds = round(time.monotonic() - start, 3)
     return result
+
+
+def _reset_to_published(host, dest: str, stage: str, paths: list[str], published: dict) -> None:
+    """Put these stage entries back as the published copy has them (a hard
+    link), or remove them where it has none."""
+    lines = []
+    for p in paths:
+        s, d = shlex.quote(posixpath.join(stage, p)), shlex.quote(posixpath.join(dest, p))
+        lines.append(f"rm -f -- {s}" + (f" && ln -- {d} {s}" if p in published and published[p].kind == "f"
+                                          else f" && cp -P -- {d} {s}" if p in published else ""))
+    for i in range(0, len(lines), 500):
+        _run_script(host, "\n".join(["set -e"] + lines[i:i + 500]), "resetting the staging copy")
 
 
 PARALLEL_MIN_BYTES = 64 << 20  # below this, a second stream costs more than it gains
@@ -412,6 +461,25 @@ def _send(src: _Side, stage: _Side, rsh, ropts: RsyncOptions, planned: list[Plan
                     progress(min(sum(done), total), total)
         return report
 
+    # one event stops every rsync of this send: the caller's cancel, or an
+    # interruption here (Ctrl-C reaches this thread, not the rsyncs' sessions)
+    stop = threading.Event()
+    if cancel is not None:
+        def relay():
+            while not stop.wait(0.2):
+                if cancel.is_set():
+                    stop.set()
+        threading.Thread(target=relay, daemon=True).start()
+    try:
+        return _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, stop)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        stop.set()  # ends the relay
+
+
+def _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, cancel) -> RsyncRun:
     runs: list[RsyncRun] = []
     if streams > 1 and len(files) > 1 and total >= PARALLEL_MIN_BYTES:
         groups: list[list[PlannedFile]] = [[] for _ in range(min(streams, len(files)))]
@@ -430,7 +498,11 @@ def _send(src: _Side, stage: _Side, rsh, ropts: RsyncOptions, planned: list[Plan
                                                                    stream_opts, files_from=path),
                                        progress=reporter(i), on_item=on_item, cancel=cancel)
                            for i, path in enumerate(lists)]
-                runs = [f.result() for f in futures]
+                try:
+                    runs = [f.result() for f in futures]
+                except BaseException:
+                    cancel.set()  # before the pool's exit waits for the workers
+                    raise
         failed = next((r for r in runs if r.exit_code != 0), None)
         if failed is not None:
             return failed
