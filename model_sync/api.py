@@ -204,20 +204,27 @@ def pull(source: str, local_path: str, config: Config | None = None, opts=None, 
     if path is None:
         from .errors import UsageError
         raise UsageError(f"pull needs a path on the server: {alias}:MODEL (see 'model-sync list {alias}')")
-    selector = None
     host = open_host(alias, config)  # one connection for resolving and transferring
     try:
-        if inventory.has_selector(path) or gpu is not None:
-            concrete = inventory.resolve_remote_model(host, config, path, gpu)
-            if concrete != path:
-                selector, path = path, concrete
-                if on_resolve:
-                    on_resolve(selector, path)
+        selector, path = _resolve(host, config, path, gpu, on_resolve)
         result = transfer("pull", local_path, alias, path, config, opts or transfer_defaults(config),
                           host=host, **hooks)
     finally:
         host.close()
     return TransferReport.of(result, selector=selector, resolved=path if selector else None)
+
+
+def _resolve(host, config: Config, path: str | None, gpu: str | None, on_resolve) -> tuple[str | None, str | None]:
+    """(selector, concrete path): a MODEL@latest / MODEL@VERSION selector
+    resolved on the server (reported through on_resolve), else (None, path)."""
+    if not (inventory.has_selector(path) or gpu is not None):
+        return None, path
+    concrete = inventory.resolve_remote_model(host, config, path, gpu)
+    if concrete == path:
+        return None, path
+    if on_resolve:
+        on_resolve(path, concrete)
+    return path, concrete
 
 
 def transfer_defaults(config: Config):
@@ -251,7 +258,7 @@ def verify(local_path: str, destination: str, config: Config | None = None, gpu:
 
     from .errors import UsageError
     from .hosts import LocalHost
-    from .manifest import SHA256, XXH128, hash_files, list_tree, remote_hash_method
+    from .manifest import SHA256, XXH128, hash_both, list_tree, remote_hash_method
     from .paths import relative_or_absolute
     from .probe import inspect
 
@@ -264,13 +271,7 @@ def verify(local_path: str, destination: str, config: Config | None = None, gpu:
     server = open_host(alias, config)
     here = LocalHost.this_machine()
     try:
-        selector = None
-        if inventory.has_selector(path) or gpu is not None:
-            concrete = inventory.resolve_remote_model(server, config, path, gpu)
-            if concrete != path:
-                selector, path = path, concrete
-                if on_resolve:
-                    on_resolve(selector, path)
+        selector, path = _resolve(server, config, path, gpu, on_resolve)
         rel = relative_or_absolute(path, alias, os.path.basename(local_abs.rstrip("/")))
         with ThreadPoolExecutor(max_workers=2) as pool:  # one round trip to the server: tools and listing
             ft = pool.submit(list_tree, here, local_abs)
@@ -283,10 +284,7 @@ def verify(local_path: str, destination: str, config: Config | None = None, gpu:
         lfiles = {p for p, f in ltree.files.items() if f.kind == "f"}
         rfiles = {p for p, f in rstate.files.items() if f.kind == "f"}
         common = sorted(lfiles & rfiles)
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            fl = pool.submit(hash_files, here, local_abs, common, method)
-            fr = pool.submit(hash_files, server, rpath, common, method)
-            lh, rh = fl.result(), fr.result()
+        lh, rh = hash_both(here, local_abs, server, rpath, common, method)
     finally:
         server.close()
     mismatched = [p for p in common if lh.get(p) is None or lh.get(p) != rh.get(p)]

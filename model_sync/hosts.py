@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ServerConfig
-from .errors import CommandTimeout, ConnectError, HostKeyError, ModelSyncError, RemoteError
+from .errors import ConnectError, HostKeyError, ModelSyncError, RemoteError
 from .sshconf import SshTarget, resolve
 
 
@@ -108,11 +108,11 @@ class LocalHost:
         try:
             out, err = proc.communicate(input=stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            stop_process_group(proc)
             out, err = proc.communicate()
             return CommandResult(124, _text(out), _text(err), time.monotonic() - start, timed_out=True)
         except BaseException:
-            _kill_group(proc)
+            stop_process_group(proc)
             raise
         return CommandResult(proc.returncode, _text(out), _text(err), time.monotonic() - start)
 
@@ -153,17 +153,27 @@ class LockBusy(ModelSyncError):
                          "wait for it to finish, or run again without --no-wait to queue behind it")
 
 
-def _kill_group(proc: subprocess.Popen):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_process_group(proc: subprocess.Popen, grace: float = 3) -> None:
+    """SIGTERM the process's group (started with start_new_session), then
+    SIGKILL if it has not gone after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=3)
+            proc.wait(timeout=wait)
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _ssh_exception() -> type:
+    import paramiko  # imported only once a server is used
+
+    return paramiko.SSHException
 
 
 def _text(data) -> str:
@@ -234,15 +244,15 @@ class RemoteHost:
         start = time.monotonic()
         try:
             chan = self._channel(f"sh -c {shlex.quote(script)}", timeout=timeout)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, _ssh_exception()) as exc:
             self.close()
             raise ConnectError(self.alias, f"connection lost: {exc}") from exc
         try:
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
-            out_chunks: list[bytes] = []
-            reader = threading.Thread(target=lambda: out_chunks.append(chan.makefile_stderr("rb").read()), daemon=True)
+            err_chunks: list[bytes] = []
+            reader = threading.Thread(target=lambda: err_chunks.append(chan.makefile_stderr("rb").read()), daemon=True)
             reader.start()
             out = chan.makefile("rb").read()
             reader.join(timeout)
@@ -252,7 +262,7 @@ class RemoteHost:
             return CommandResult(124, "", "", time.monotonic() - start, timed_out=True)
         finally:
             chan.close()
-        err = b"".join(out_chunks)
+        err = b"".join(err_chunks)
         return CommandResult(code, _text(out), _text(err), time.monotonic() - start)
 
     def shell(self, command: str, timeout: float | None = None, capture: bool = False) -> CommandResult:
@@ -441,4 +451,3 @@ def open_host(alias: str, config: Config) -> LocalHost | RemoteHost:
     return RemoteHost(server, resolve(server, config))
 
 
-__all__ = ["CommandResult", "LocalHost", "RemoteHost", "open_host", "remote_path_expr", "CommandTimeout"]

@@ -248,6 +248,15 @@ def hash_files(host, root: str, paths: list[str], method: str) -> dict[str, str]
     return hash_with_script(host, root, paths, method)
 
 
+def hash_both(a_host, a_root: str, b_host, b_root: str, paths: list[str],
+              method: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The same files hashed on two hosts at once."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fa = pool.submit(hash_files, a_host, a_root, paths, method)
+        fb = pool.submit(hash_files, b_host, b_root, paths, method)
+        return fa.result(), fb.result()
+
+
 # -- the manifest file ----------------------------------------------------------------
 def manifest_text(hashes: dict[str, str]) -> str:
     """xxhsum's GNU-style lines. Names with a newline cannot be written in

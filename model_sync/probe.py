@@ -18,7 +18,6 @@ if command -v xxhsum >/dev/null 2>&1; then printf 'xxhsum=%s\n' "$(xxhsum -V 2>&
 {pycheck}printf 'pyxxhash=%s\n' "$(python3 -c 'import xxhash; print(xxhash.VERSION)' 2>/dev/null)"
 if [ -d "$base" ]; then echo base_exists=1; else echo base_exists=0; fi
 printf 'base_abs=%s\n' "$base"
-printf 'flock=%s\n' "$(command -v flock)"
 p=$base
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
 printf 'df=%s\n' "$(df -Pk -- "$p" 2>/dev/null | tail -n 1)"
@@ -69,7 +68,6 @@ class HostFacts:
     free_bytes: int | None
     base_exists: bool
     base_abs: str = ""  # model_base with ~ expanded on that host
-    has_flock: bool = False
 
     @property
     def rsync_ok(self) -> bool:
@@ -205,7 +203,6 @@ def parse_probe(output: str) -> HostFacts:
         free_bytes=free,
         base_exists=values.get("base_exists") == "1",
         base_abs=values.get("base_abs", ""),
-        has_flock=bool(values.get("flock")),
     )
 
 

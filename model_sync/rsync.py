@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import ConnectError, ModelSyncError, RemoteError
+from .hosts import stop_process_group
 from .manifest import MANIFEST_NAME, PARTIAL_DIR
 
 # Weights do not compress; these skip -z even when compression is on.
@@ -170,7 +170,7 @@ def run_rsync(argv: list[str], progress: ProgressFn | None = None, on_item: Call
             _handle(buf.decode("latin-1"), run, progress, on_item)
         proc.wait()
     except BaseException:
-        _stop(proc)
+        stop_process_group(proc, grace=10)  # rsync moves its partial file aside on TERM
         raise
     t_err.join(timeout=5)
     run.exit_code = proc.returncode
@@ -197,22 +197,8 @@ def _handle(line: str, run: RsyncRun, progress, on_item):
 def _watch_cancel(proc: subprocess.Popen, cancel: threading.Event):
     while proc.poll() is None:
         if cancel.wait(0.2):
-            _stop(proc)
+            stop_process_group(proc, grace=10)
             return
-
-
-def _stop(proc: subprocess.Popen):
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def check_result(run: RsyncRun, alias: str, io_timeout: int = IO_TIMEOUT) -> None:

@@ -18,13 +18,13 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .config import Config
 from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
 from .hosts import LocalHost, open_host, remote_path_expr
-from .manifest import (MANIFEST_NAME, PARTIAL_DIR, SHA256, XXH128, hash_files, list_tree, manifest_text,
+from .manifest import (MANIFEST_NAME, PARTIAL_DIR, SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text,
                        remote_hash_method)
 from .paths import relative_or_absolute
 from .probe import HostFacts, TargetState, inspect, parse_state, sibling, state_script
@@ -217,8 +217,6 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
     reuse (the caller closes it); otherwise one is opened and closed here."""
     if direction not in ("push", "pull"):
         raise UsageError(f"unknown direction {direction!r}")
-    from dataclasses import replace
-
     if opts.io_timeout is None:
         opts = replace(opts, io_timeout=config.defaults.io_timeout)
     if opts.streams is None:
@@ -379,7 +377,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         hashes: dict[str, str] = {}
         if opts.verify:
             result.algorithm = algorithm
-            src_h, dst_h = _hash_both(src, _Side(dst.host, dst.stage), to_check, method)
+            src_h, dst_h = hash_both(src.host, src.path, dst.host, dst.stage, to_check, method)
             bad = sorted(p for p in to_check if src_h.get(p) is None or src_h.get(p) != dst_h.get(p))
             if bad:
                 result.mismatched = bad
@@ -510,11 +508,3 @@ def _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, 
                       progress=reporter(streams), on_item=on_item, cancel=cancel)
     final.items = [i for r in runs for i in r.items] + final.items
     return final
-
-
-def _hash_both(a: _Side, b: _Side, paths: list[str], method: str) -> tuple[dict[str, str], dict[str, str]]:
-    files = [p for p in paths if not p.endswith("/")]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fa = pool.submit(hash_files, a.host, a.path, files, method)
-        fb = pool.submit(hash_files, b.host, b.path, files, method)
-        return fa.result(), fb.result()
