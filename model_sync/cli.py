@@ -227,11 +227,11 @@ def _transfer_command(state: State, banner: str, call, kw) -> None:
 def _with_progress(state: State, call, opts, hooks):
     if render.choose_format(state.fmt, sys.stderr) != "rich" or opts.dry_run:
         return call(opts=opts, **hooks)
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn)
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
-                  console=__import__("rich.console").console.Console(stderr=True)) as bar:
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("transfer", total=None)
         return call(opts=opts, progress=lambda done, total: bar.update(task, completed=done, total=total), **hooks)
 
