@@ -177,9 +177,11 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-# Options model-sync sets itself so both SSH sides agree; not overridable here.
+# Options model-sync sets itself so both SSH sides agree, and the shared
+# connection it opens per server; not overridable here.
 _OWN_SSH_OPTIONS = {"hostname", "user", "port", "identityfile", "stricthostkeychecking", "userknownhostsfile",
-                    "globalknownhostsfile", "batchmode", "proxycommand", "proxyjump"}
+                    "globalknownhostsfile", "batchmode", "proxycommand", "proxyjump", "controlmaster",
+                    "controlpath", "controlpersist"}
 
 
 def _ssh_options(check: _Checker, value, where: str, line) -> tuple[tuple[str, str], ...]:

@@ -2,7 +2,12 @@
 
 Both kinds offer the same two calls: `script()` runs a POSIX sh script we
 wrote (its arguments quoted by the caller) and `shell()` runs a user's
-command as typed. Remote hosts go through Fabric with host keys checked
+command as typed.
+
+A server gets one OpenSSH connection per command (a ControlMaster in a
+private directory): our scripts, the lock, hashing and every rsync stream
+are sessions on it, so a command pays the SSH handshake once. `exec`, a
+single session of the user's own, goes through Fabric. Both check host keys
 against the known_hosts files resolved in sshconf."""
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ import logging
 import os
 import posixpath
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ServerConfig
-from .errors import ConnectError, HostKeyError, ModelSyncError, RemoteError
+from .errors import ConnectError, HostKeyError, ModelSyncError, RemoteError, UsageError
 from .sshconf import SshTarget, resolve
 
 
@@ -100,21 +107,7 @@ class LocalHost:
         return self._run([shell, "-c", command], timeout, capture=capture)
 
     def _run(self, argv, timeout, capture, stdin: bytes | None = None) -> CommandResult:
-        start = time.monotonic()
-        pipe = subprocess.PIPE if capture else None
-        proc = subprocess.Popen(argv, stdout=pipe, stderr=pipe,
-                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                start_new_session=True)
-        try:
-            out, err = proc.communicate(input=stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stop_process_group(proc)
-            out, err = proc.communicate()
-            return CommandResult(124, _text(out), _text(err), time.monotonic() - start, timed_out=True)
-        except BaseException:
-            stop_process_group(proc)
-            raise
-        return CommandResult(proc.returncode, _text(out), _text(err), time.monotonic() - start)
+        return run_process(argv, timeout, capture, stdin)
 
     @contextlib.contextmanager
     def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120):
@@ -153,6 +146,27 @@ class LockBusy(ModelSyncError):
                          "wait for it to finish, or run again without --no-wait to queue behind it")
 
 
+def run_process(argv: list[str], timeout: float | None, capture: bool = True,
+                stdin: bytes | None = None) -> CommandResult:
+    """Run argv in its own process group; on timeout or interruption the
+    whole group is stopped (exit 124 for a timeout)."""
+    start = time.monotonic()
+    pipe = subprocess.PIPE if capture else None
+    proc = subprocess.Popen(argv, stdout=pipe, stderr=pipe,
+                            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(input=stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_process_group(proc)
+        out, err = proc.communicate()
+        return CommandResult(124, _text(out), _text(err), time.monotonic() - start, timed_out=True)
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return CommandResult(proc.returncode, _text(out), _text(err), time.monotonic() - start)
+
+
 def stop_process_group(proc: subprocess.Popen, grace: float = 3) -> None:
     """SIGTERM the process's group (started with start_new_session), then
     SIGKILL if it has not gone after `grace` seconds."""
@@ -170,16 +184,20 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 3) -> None:
             continue
 
 
-def _ssh_exception() -> type:
-    import paramiko  # imported only once a server is used
-
-    return paramiko.SSHException
-
-
 def _text(data) -> str:
     if data is None:
         return ""
     return data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+
+
+MASTER_IDLE = 120  # seconds the shared connection outlives its last session, should we die without closing it
+
+
+def _socket_dir() -> str | None:
+    """A short directory for the control socket (a socket path is capped at
+    about 100 bytes); $TMPDIR when it is short enough, else /tmp."""
+    tmp = tempfile.gettempdir()
+    return tmp if len(tmp) <= 60 else "/tmp"
 
 
 class RemoteHost:
@@ -189,7 +207,9 @@ class RemoteHost:
         self.server = server
         self.alias = server.alias
         self.target = target
-        self._conn = None
+        self._conn = None  # Fabric connection, for exec
+        self._control: str | None = None  # ControlMaster socket, once connected
+        self._connecting = threading.Lock()
 
     @property
     def label(self) -> str:
@@ -197,7 +217,154 @@ class RemoteHost:
         return f"{t.user}@{t.hostname}" + ("" if t.port == 22 else f":{t.port}")
 
     # -- connection -------------------------------------------------------
-    def connect(self):
+    def connect(self) -> str:
+        """Open the shared connection (once) and return its control socket.
+        It lives in a new private (0700) directory, removed by close()."""
+        with self._connecting:
+            if self._control is not None:
+                return self._control
+            t = self.target
+            directory = tempfile.mkdtemp(prefix="model-sync-", dir=_socket_dir())
+            control = os.path.join(directory, "ssh")
+            try:
+                proc = subprocess.run(t.master_argv(control, MASTER_IDLE), capture_output=True,
+                                      stdin=subprocess.DEVNULL, timeout=2 * t.connect_timeout + 10)
+            except FileNotFoundError:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise UsageError("the OpenSSH client 'ssh' is not installed; "
+                                 "install it (apt-get install openssh-client)") from None
+            except subprocess.TimeoutExpired:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise ConnectError(t.alias, _msg_timeout(t)) from None
+            if proc.returncode != 0:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise ssh_error(t, _text(proc.stderr))
+            self._control = control
+            return control
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        with self._connecting:
+            if self._control is not None:
+                # ends the master (and any session still on it)
+                subprocess.run(["ssh", "-F", "none", "-o", "ControlPath=" + self._control, "-O", "exit",
+                                self.target.host], capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+                shutil.rmtree(os.path.dirname(self._control), ignore_errors=True)
+                self._control = None
+
+    def rsync_rsh(self) -> str:
+        """rsync's -e: an ssh that runs as a session of the shared connection."""
+        return self.target.rsync_rsh(self.connect())
+
+    def _ssh(self, command: str) -> list[str]:
+        """argv for one session of the shared connection running `command`
+        (given to the server user's shell, as ssh always does)."""
+        return self.target.ssh_argv(self.connect()) + [command]
+
+    # -- running ----------------------------------------------------------
+    def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None) -> CommandResult:
+        res = run_process(self._ssh(f"sh -c {shlex.quote(script)}"), timeout, True, stdin)
+        if res.exit_code == 255:  # ssh's own failure (our scripts never exit 255)
+            lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+            raise ConnectError(self.alias, "connection lost: " + (lines[-1] if lines else "ssh exited with 255"))
+        return res
+
+    def shell(self, command: str, timeout: float | None = None, capture: bool = False) -> CommandResult:
+        if timeout:
+            command = _timeout_wrapper(command, timeout, '"${SHELL:-/bin/sh}"')
+            res = self._run(command, timeout + 10, capture=capture)  # remote timeout acts first
+            # coreutils timeout exits 124, or 137 when it had to SIGKILL
+            res.timed_out = res.timed_out or res.exit_code in (124, 137)
+            return res
+        return self._run(command, None, capture=capture)
+
+    @contextlib.contextmanager
+    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120):
+        """An exclusive flock on the server, held by a process tied to this
+        channel: it lets go when the channel closes or, if the network dies
+        and the close never arrives, when our heartbeats stop for
+        `stale_after` seconds, so a re-run is not locked out for hours.
+        `then` runs once the lock is held (same round trip); the block gets
+        its output."""
+        busy = 'echo BUSY; flock 9 || exit 4' if wait else 'echo BUSY; exit 75'
+        lock_dir = remote_path_expr(posixpath.dirname(path) or ".")
+        # markers with a random token: the `then` output may hold any file name
+        token = os.urandom(8).hex()
+        ready, failed = f"MS-READY-{token}", f"MS-FAILED-{token}"
+        owner = f"{path}.owner-{token}"  # exists only while this holder holds the lock
+        then_part = f"( {then}\n) 9>&- || printf '\\n%s\\n' {failed}\n" if then else ""
+        stale = max(30, int(stale_after))
+        hold = (f"if command -v timeout >/dev/null 2>&1; then "
+                f"while [ \"$(timeout {stale} head -c 1)\" = k ]; do :; done; else cat >/dev/null; fi\n")
+        script = (f"mkdir -p -- {lock_dir} && exec 9>>{remote_path_expr(path)} || exit 3\n"
+                  f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"
+                  f"if ! flock -n 9; then {busy}; fi\n"
+                  f"owner={remote_path_expr(owner)}; trap 'rm -f -- \"$owner\"' EXIT; trap 'exit 1' HUP INT TERM\n"
+                  f": > \"$owner\"\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
+        proc = subprocess.Popen(self._ssh(f"sh -c {shlex.quote(script)}"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        err_chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+        reader.start()
+
+        def failed_exit() -> str:
+            code = proc.wait()
+            reader.join(5)
+            err = _text(b"".join(err_chunks)).strip()
+            return f"exit {code}" + (f": {err.splitlines()[-1]}" if err else "")
+
+        try:
+            out = proc.stdout
+            while True:
+                raw = out.readline()
+                if not raw:
+                    raise RemoteError(self.alias, f"cannot take the lock {path} ({failed_exit()})")
+                line = raw.decode("utf-8", "replace").strip()
+                if line == "LOCKED":
+                    break
+                if line == "BUSY" and wait:
+                    if on_wait:
+                        on_wait()
+                    continue
+                if line == "BUSY":
+                    raise LockBusy(self.alias, path)
+                if line == "NOFLOCK":
+                    raise RemoteError(self.alias, "flock (util-linux) is missing on the server; install util-linux")
+                raise RemoteError(self.alias, f"cannot take the lock {path} ({failed_exit()})")
+            then_out = []
+            while True:
+                raw = out.readline()
+                line = raw.decode("utf-8", "surrogateescape")
+                if line.rstrip("\n") in (ready, failed) or not raw:
+                    break
+                then_out.append(line)
+            if not raw or line.rstrip("\n") == failed:
+                err = failed_exit() if not raw else ""
+                raise RemoteError(self.alias, "preparing the destination failed: "
+                                  + ("".join(then_out).strip() or err or "connection closed"))
+            # drop the newline printed before the marker
+            text = "".join(then_out)
+            then_out = [text[:-1] if text.endswith("\n") else text]
+            beating = threading.Event()
+            threading.Thread(target=_heartbeat, args=(proc.stdin, beating, stale / 4), daemon=True).start()
+            try:
+                yield Held("".join(then_out), owner)
+            finally:
+                beating.set()
+        finally:
+            # end of input lets the holder go; wait a little so the lock is
+            # free when we return
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                stop_process_group(proc)
+
+    def _fabric(self):
+        """exec's own connection (Fabric): the user's command, streamed."""
         if self._conn is not None:
             return self._conn
         from fabric import Config as FabricConfig, Connection  # slow import: only when needed
@@ -228,135 +395,15 @@ class RemoteHost:
         except Exception as exc:  # translated into one line below
             conn.close()
             raise _connect_error(t, exc) from exc
-        conn.transport.set_keepalive(15)  # keeps NAT/firewall state alive during long hashing or transfers
+        conn.transport.set_keepalive(15)  # keeps NAT/firewall state alive during a long command
         self._conn = conn
         return conn
-
-    def close(self):
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    # -- running ----------------------------------------------------------
-    def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None) -> CommandResult:
-        """Run our own sh script over a bare channel: Fabric's run() polls
-        and costs ~0.1 s a call, a channel costs a round trip."""
-        start = time.monotonic()
-        try:
-            chan = self._channel(f"sh -c {shlex.quote(script)}", timeout=timeout)
-        except (OSError, EOFError, _ssh_exception()) as exc:
-            self.close()
-            raise ConnectError(self.alias, f"connection lost: {exc}") from exc
-        try:
-            if stdin:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            err_chunks: list[bytes] = []
-            reader = threading.Thread(target=lambda: err_chunks.append(chan.makefile_stderr("rb").read()), daemon=True)
-            reader.start()
-            out = chan.makefile("rb").read()
-            reader.join(timeout)
-            code = chan.recv_exit_status()
-        except socket.timeout:
-            chan.close()
-            return CommandResult(124, "", "", time.monotonic() - start, timed_out=True)
-        finally:
-            chan.close()
-        err = b"".join(err_chunks)
-        return CommandResult(code, _text(out), _text(err), time.monotonic() - start)
-
-    def shell(self, command: str, timeout: float | None = None, capture: bool = False) -> CommandResult:
-        if timeout:
-            command = _timeout_wrapper(command, timeout, '"${SHELL:-/bin/sh}"')
-            res = self._run(command, timeout + 10, capture=capture)  # remote timeout acts first
-            # coreutils timeout exits 124, or 137 when it had to SIGKILL
-            res.timed_out = res.timed_out or res.exit_code in (124, 137)
-            return res
-        return self._run(command, None, capture=capture)
-
-    def _channel(self, command: str, timeout: float | None = None):
-        """A raw session channel running `command` (for stdin streaming and locks)."""
-        transport = self.connect().transport
-        chan = transport.open_session(timeout=self.target.connect_timeout)
-        chan.settimeout(timeout)
-        # bytes: a file name that is not UTF-8 travels as the bytes it is
-        chan.exec_command(command.encode("utf-8", "surrogateescape"))
-        return chan
-
-    @contextlib.contextmanager
-    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120):
-        """An exclusive flock on the server, held by a process tied to this
-        channel: it lets go when the channel closes or, if the network dies
-        and the close never arrives, when our heartbeats stop for
-        `stale_after` seconds, so a re-run is not locked out for hours.
-        `then` runs once the lock is held (same round trip); the block gets
-        its output."""
-        busy = 'echo BUSY; flock 9 || exit 4' if wait else 'echo BUSY; exit 75'
-        lock_dir = remote_path_expr(posixpath.dirname(path) or ".")
-        # markers with a random token: the `then` output may hold any file name
-        token = os.urandom(8).hex()
-        ready, failed = f"MS-READY-{token}", f"MS-FAILED-{token}"
-        owner = f"{path}.owner-{token}"  # exists only while this holder holds the lock
-        then_part = f"( {then}\n) 9>&- || printf '\\n%s\\n' {failed}\n" if then else ""
-        stale = max(30, int(stale_after))
-        hold = (f"if command -v timeout >/dev/null 2>&1; then "
-                f"while [ \"$(timeout {stale} head -c 1)\" = k ]; do :; done; else cat >/dev/null; fi\n")
-        script = (f"mkdir -p -- {lock_dir} && exec 9>>{remote_path_expr(path)} || exit 3\n"
-                  f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"
-                  f"if ! flock -n 9; then {busy}; fi\n"
-                  f"owner={remote_path_expr(owner)}; trap 'rm -f -- \"$owner\"' EXIT; trap 'exit 1' HUP INT TERM\n"
-                  f": > \"$owner\"\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
-        chan = self._channel(f"sh -c {shlex.quote(script)}")
-        try:
-            out = chan.makefile("rb")
-            while True:
-                raw = out.readline()
-                if not raw:
-                    raise RemoteError(self.alias, f"cannot take the lock {path} (exit {chan.recv_exit_status()})")
-                line = raw.decode("utf-8", "replace").strip()
-                if line == "LOCKED":
-                    break
-                if line == "BUSY" and wait:
-                    if on_wait:
-                        on_wait()
-                    continue
-                if line == "BUSY":
-                    raise LockBusy(self.alias, path)
-                if line == "NOFLOCK":
-                    raise RemoteError(self.alias, "flock (util-linux) is missing on the server; install util-linux")
-                raise RemoteError(self.alias, f"cannot take the lock {path} (exit {chan.recv_exit_status()})")
-            then_out = []
-            while True:
-                raw = out.readline()
-                line = raw.decode("utf-8", "surrogateescape")
-                if line.rstrip("\n") in (ready, failed) or not raw:
-                    break
-                then_out.append(line)
-            if not raw or line.rstrip("\n") == failed:
-                err = chan.makefile_stderr("rb").read().decode("utf-8", "replace").strip() if not raw else ""
-                raise RemoteError(self.alias, "preparing the destination failed: "
-                                  + ("".join(then_out).strip() or err or "connection closed"))
-            # drop the newline printed before the marker
-            text = "".join(then_out)
-            then_out = [text[:-1] if text.endswith("\n") else text]
-            beating = threading.Event()
-            threading.Thread(target=_heartbeat, args=(chan, beating, stale / 4), daemon=True).start()
-            try:
-                yield Held("".join(then_out), owner)
-            finally:
-                beating.set()
-        finally:
-            try:
-                chan.shutdown_write()
-                chan.close()
-            except Exception:  # the connection may already be gone; the lock went with it
-                pass
 
     def _run(self, command: str, timeout, capture: bool, stdin: bytes | None = None) -> CommandResult:
         from invoke.exceptions import CommandTimedOut
         import io
 
-        conn = self.connect()
+        conn = self._fabric()
         start = time.monotonic()
         kwargs = dict(warn=True, hide=capture, timeout=timeout,
                       in_stream=io.StringIO(stdin.decode("utf-8", "surrogateescape")) if stdin else False)
@@ -374,13 +421,68 @@ class RemoteHost:
         return CommandResult(code, res.stdout or "", res.stderr or "", time.monotonic() - start)
 
 
-def _heartbeat(chan, stop: threading.Event, every: float) -> None:
+def _heartbeat(pipe, stop: threading.Event, every: float) -> None:
     """Tell the lock holder on the server that we are still here."""
     while not stop.wait(every):
         try:
-            chan.sendall(b"k")
-        except Exception:  # a dead channel: the server side will let go by itself
+            pipe.write(b"k")
+            pipe.flush()
+        except (OSError, ValueError):  # a dead session: the server side will let go by itself
             return
+
+
+# One wording for each connection failure, whichever SSH side met it.
+def _msg_unknown_key(t: SshTarget) -> str:
+    port = "" if t.port == 22 else f"-p {t.port} "
+    return (f"host key for {t.known_hosts_name} is not in {t.files.known_hosts}; refusing to connect. "
+            f"Check the fingerprint and add it (ssh-keyscan {port}{t.hostname} >> {t.files.known_hosts}), "
+            f"connect once with 'ssh {t.host}', or set strict_host_key_checking: accept-new for this server")
+
+
+def _msg_changed_key(t: SshTarget) -> str:
+    return (f"the host key of {t.known_hosts_name} has CHANGED since it was recorded in {t.files.known_hosts}; "
+            "refusing to connect (possible man-in-the-middle). If the server was reinstalled, remove the old key "
+            f"with: ssh-keygen -R '{t.known_hosts_name}' -f {t.files.known_hosts}")
+
+
+def _where(t: SshTarget) -> str:
+    return f"{t.user}@{t.hostname}:{t.port}"
+
+
+def _msg_auth(t: SshTarget) -> str:
+    keys = ", ".join(t.identity_files) or "no key files (agent only)"
+    return (f"authentication failed for {_where(t)} with {keys}; "
+            "check ssh_key/user in the config, or that the key is in the server's authorized_keys")
+
+
+def _msg_resolve(t: SshTarget) -> str:
+    return f"cannot resolve host name '{t.hostname}'; check host in the config or ~/.ssh/config"
+
+
+def _msg_timeout(t: SshTarget) -> str:
+    return f"timed out connecting to {_where(t)} after {t.connect_timeout}s; is the server up and the port open?"
+
+
+def _msg_refused(t: SshTarget) -> str:
+    return f"cannot connect to {_where(t)}: connection refused; is sshd running on that port?"
+
+
+def ssh_error(t: SshTarget, stderr: str) -> ModelSyncError:
+    """OpenSSH's failure to connect (its stderr), as one line."""
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "has changed and you have requested" in stderr:
+        return HostKeyError(t.alias, _msg_changed_key(t))
+    if "Host key verification failed" in stderr:
+        return HostKeyError(t.alias, _msg_unknown_key(t))
+    if "Permission denied" in stderr:
+        return ConnectError(t.alias, _msg_auth(t))
+    if "Could not resolve hostname" in stderr:
+        return ConnectError(t.alias, _msg_resolve(t))
+    if "timed out" in stderr:
+        return ConnectError(t.alias, _msg_timeout(t))
+    if "Connection refused" in stderr:
+        return ConnectError(t.alias, _msg_refused(t))
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("Warning: Permanently")]
+    return ConnectError(t.alias, f"cannot connect to {_where(t)}: {lines[-1] if lines else 'ssh failed'}")
 
 
 class _Refuse:
@@ -390,14 +492,7 @@ class _Refuse:
         self.target = target
 
     def missing_host_key(self, client, hostname, key):
-        t = self.target
-        port = "" if t.port == 22 else f"-p {t.port} "
-        raise HostKeyError(
-            t.alias,
-            f"host key for {hostname} is not in {t.files.known_hosts}; refusing to connect. "
-            f"Check the fingerprint and add it (ssh-keyscan {port}{t.hostname} >> {t.files.known_hosts}), "
-            f"connect once with 'ssh {t.host}', or set strict_host_key_checking: accept-new for this server",
-        )
+        raise HostKeyError(self.target.alias, _msg_unknown_key(self.target))
 
 
 class _AcceptNew:
@@ -415,31 +510,23 @@ class _AcceptNew:
 
 
 def _connect_error(t: SshTarget, exc: BaseException) -> Exception:
+    """paramiko's failure to connect (exec), as one line."""
     import paramiko
 
     if isinstance(exc, HostKeyError):
         return exc
-    where = f"{t.user}@{t.hostname}:{t.port}"
     if isinstance(exc, paramiko.BadHostKeyException):
-        return HostKeyError(
-            t.alias,
-            f"the host key of {t.known_hosts_name} has CHANGED since it was recorded in {t.files.known_hosts}; "
-            "refusing to connect (possible man-in-the-middle). If the server was reinstalled, remove the old key "
-            f"with: ssh-keygen -R '{t.known_hosts_name}' -f {t.files.known_hosts}",
-        )
+        return HostKeyError(t.alias, _msg_changed_key(t))
     if isinstance(exc, paramiko.AuthenticationException):
-        keys = ", ".join(t.identity_files) or "no key files (agent only)"
-        return ConnectError(t.alias, f"authentication failed for {where} with {keys}; "
-                                     "check ssh_key/user in the config, or that the key is in the server's authorized_keys")
+        return ConnectError(t.alias, _msg_auth(t))
     if isinstance(exc, socket.gaierror):
-        return ConnectError(t.alias, f"cannot resolve host name '{t.hostname}'; check host in the config or ~/.ssh/config")
+        return ConnectError(t.alias, _msg_resolve(t))
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return ConnectError(t.alias, f"timed out connecting to {where} after {t.connect_timeout}s; "
-                                     "is the server up and the port open?")
+        return ConnectError(t.alias, _msg_timeout(t))
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return ConnectError(t.alias, f"cannot connect to {where}: connection refused; is sshd running on that port?")
+        return ConnectError(t.alias, _msg_refused(t))
     if isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
-        return ConnectError(t.alias, f"cannot connect to {where}: {exc or type(exc).__name__}")
+        return ConnectError(t.alias, f"cannot connect to {_where(t)}: {exc or type(exc).__name__}")
     return exc
 
 

@@ -1,6 +1,6 @@
 """Resolve a server's SSH settings once, with OpenSSH itself (`ssh -G`), and
-hand the same values to both sides: Fabric/paramiko for remote commands and
-the `ssh` that rsync spawns.
+hand the same values to every ssh we start (the shared connection, rsync's
+ssh) and to Fabric/paramiko (exec).
 
 OpenSSH finds ~/.ssh through the password database while paramiko follows
 $HOME; we pick the files from $HOME and pass them to both explicitly, so the
@@ -78,11 +78,18 @@ class SshTarget:
             argv += ["-o", "IdentityFile=" + _ssh_quote(ident)]
         return argv
 
-    def ssh_argv(self) -> list[str]:
-        """`ssh` with every resolved setting spelt out, ending in the host:
-        the remote-shell argv for rsync's -e, or for running ssh directly."""
+    def ssh_argv(self, control: str | None = None, fast: bool = False) -> list[str]:
+        """`ssh` with every resolved setting spelt out, ending in the host.
+        `control`: go through that ControlMaster socket (falling back to a
+        connection of its own if the master is gone). `fast`: prefer AES-GCM
+        and no compression, for a connection that carries model bytes (see
+        BENCHMARKS.md); a Ciphers entry in the server's ssh_options wins."""
         argv = ["ssh"]
-        for key, value in self.options:  # first: for ssh the first value given wins
+        if fast:
+            if not any(k.lower() == "ciphers" for k, _ in self.options):
+                argv += ["-o", "Ciphers=" + FAST_CIPHERS]
+            argv += ["-o", "Compression=no"]
+        for key, value in self.options:  # for ssh the first value given wins
             argv += ["-o", f"{key}={value}"]
         argv += self._common_options() + [
             "-o", f"HostName={self.hostname}",
@@ -95,7 +102,18 @@ class SshTarget:
         if proxy:
             # ssh expands %-tokens in ProxyCommand once; inner hops keep theirs
             argv += ["-o", "ProxyCommand=" + shlex.join(proxy).replace("%", "%%")]
+        if control:
+            argv += ["-o", "ControlMaster=no", "-o", "ControlPath=" + _ssh_quote(control.replace("%", "%%"))]
         argv.append(self.host)
+        return argv
+
+    def master_argv(self, control: str, idle: int) -> list[str]:
+        """The ssh that opens the shared connection, authenticates, then goes
+        to the background (-f) serving `control`. It leaves by itself `idle`
+        seconds after its last session, should we die without closing it."""
+        argv = self.ssh_argv(fast=True)
+        argv[-1:-1] = ["-o", "ControlMaster=yes", "-o", "ControlPath=" + _ssh_quote(control.replace("%", "%%")),
+                       "-o", f"ControlPersist={idle}", "-o", "ServerAliveInterval=15", "-N", "-f"]
         return argv
 
     def proxy_command(self) -> list[str] | None:
@@ -117,15 +135,9 @@ class SshTarget:
                      _ssh_destination(hop)]
         return argv
 
-    def rsync_rsh(self) -> str:
-        """The ssh command as one string for rsync -e, without the trailing
-        host. Bulk data prefers AES-GCM (hardware-accelerated on x86/ARM; see
-        BENCHMARKS.md); a Ciphers entry in the server's ssh_options wins."""
-        argv = self.ssh_argv()[:-1]
-        argv[1:1] = ["-o", "Ciphers=" + FAST_CIPHERS, "-o", "Compression=no"]
-        if any(k.lower() == "ciphers" for k, _ in self.options):
-            argv[1:3] = []
-        return " ".join(_rsync_quote(a) for a in argv)
+    def rsync_rsh(self, control: str | None = None) -> str:
+        """The ssh command as one string for rsync -e, without the trailing host."""
+        return " ".join(_rsync_quote(a) for a in self.ssh_argv(control, fast=True)[:-1])
 
 
 def _ssh_destination(hop: str) -> str:

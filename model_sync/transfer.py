@@ -265,7 +265,7 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
 def _rsh(side_a: _Side, side_b: _Side) -> str | None:
     for s in (side_a, side_b):
         if not s.host.is_local:
-            return s.host.target.rsync_rsh()
+            return s.host.rsync_rsh()
     return None
 
 

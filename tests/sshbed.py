@@ -88,7 +88,8 @@ def start_sshd(directory: Path, port: int | None = None, address: str = "127.0.0
         "AllowTcpForwarding yes\n"
         "MaxStartups 100:30:200\n"
         "MaxSessions 100\n"
-        "LogLevel ERROR\n"
+        "LogLevel INFO\n"  # "Accepted publickey" lines count the handshakes
+
         "Subsystem sftp internal-sftp\n"
     )
     log = open(directory / "sshd.log", "ab")
