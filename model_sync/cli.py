@@ -10,10 +10,13 @@ from pathlib import Path
 
 import click
 
-from . import __version__, api, render
+from . import __version__, render
 from .config import Config, default_config_path, load_config, write_starter
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, ModelSyncError
-from .inventory import SORTS
+from .naming import SORTS
+
+# model_sync.api (and what it pulls in) is imported inside the commands, after
+# warm_up() has started the SSH handshake: the two overlap.
 
 
 class State:
@@ -33,6 +36,20 @@ class State:
 
     def emit(self, result) -> None:
         render.print_result(result, self.fmt)
+
+    def warm_up(self, *sides: tuple[str, bool]) -> None:
+        """Start connecting to the servers these (spec, bare-alias-ok) sides name."""
+        from .hosts import warm_up
+        from .paths import server_of
+
+        try:
+            config = self.config
+        except ModelSyncError:
+            return  # reported when the command reads the config
+        for spec, bare in sides:
+            alias = server_of(spec, config.servers, bare)
+            if alias:
+                warm_up(alias, config)
 
 
 def output_options(fn):
@@ -130,6 +147,8 @@ def servers(state: State, check):
       model-sync servers
       model-sync servers --check --json
     """
+    from . import api
+
     result = api.list_servers(state.config, check=check)
     state.emit(result)
     if not result.ok:
@@ -153,6 +172,8 @@ def exec_(state: State, timeout, server, command):
       model-sync exec reaper "df -h /nfs/train"
       model-sync exec reaper --timeout 30 -- nvidia-smi -L
     """
+    from . import api
+
     text = " ".join(command)
     capture = state.fmt == "json"
     result = api.exec_command(server, text, state.config, timeout=timeout, capture=capture)
@@ -176,13 +197,16 @@ def transfer_options(fn):
         click.option("--bwlimit", metavar="RATE", help="Bandwidth limit, rsync syntax (e.g. 50M)."),
         click.option("--resume", is_flag=True, hidden=False, help="Accepted for habit: resuming is always on."),
         click.option("--no-wait", is_flag=True, help="Fail at once if another sync holds the destination."),
+        click.option("--streams", type=click.IntRange(1, 16), default=None, metavar="N",
+                     help="Parallel rsync streams for large files (default: config, 4; 1 turns it off)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
 
 
-def _transfer_opts(state: State, verify, compress, delete, yes, dry_run, exclude, include, bwlimit, no_wait):
+def _transfer_opts(state: State, verify, compress, delete, yes, dry_run, exclude, include, bwlimit, no_wait,
+                   streams):
     from .transfer import TransferOptions
 
     d = state.config.defaults
@@ -191,7 +215,7 @@ def _transfer_opts(state: State, verify, compress, delete, yes, dry_run, exclude
         compress=d.compress if compress is None else compress,
         delete=d.delete if delete is None else delete,
         dry_run=dry_run, excludes=tuple(exclude), includes=tuple(include), bwlimit=bwlimit,
-        wait=not no_wait, confirmed=yes,
+        wait=not no_wait, confirmed=yes, streams=streams,
     )
 
 
@@ -265,6 +289,9 @@ def push(state: State, local_path, destination, resume, strict, **kw):
       model-sync push ./RTX3090_N2501_LANGDETECTOR_250715 reaper
       model-sync push ./langdetector-v1 reaper:langdetector/v1 --dry-run
     """
+    state.warm_up((destination, True))
+    from . import api
+
     _transfer_command(state, f"Syncing {local_path} to {destination} ...",
                       lambda **k: api.push(local_path, destination, state.config, strict=strict,
                                            on_warning=_warn, **k), kw)
@@ -289,6 +316,9 @@ def pull(state: State, source, local_path, resume, gpu, **kw):
       model-sync pull doomfist:ASR@latest ./models/
       model-sync pull doomfist:ASR@250820 ./models/ --gpu RTX3090
     """
+    state.warm_up((source, False))
+    from . import api
+
     _transfer_command(state, f"Pulling {source} to {local_path} ...",
                       lambda **k: api.pull(source, local_path, state.config, gpu=gpu, on_resolve=_resolved, **k),
                       kw)
@@ -308,6 +338,9 @@ def verify(state: State, local_path, destination, gpu):
       model-sync verify ./RTX3090_N2501_LANGDETECTOR_250715 reaper
       model-sync verify ./models/RTX3090_N2501_ASR_250820 doomfist:ASR@latest
     """
+    state.warm_up((destination, True))
+    from . import api
+
     result = api.verify(local_path, destination, state.config, gpu=gpu, on_resolve=_resolved)
     state.emit(result)
     if not result.ok:
@@ -336,6 +369,9 @@ def diff(state: State, left, right, checksum, gpu):
       model-sync diff reaper:RTX3090_N2501_ASR_250820 doomfist
       model-sync diff doomfist:ASR@latest ./models/RTX3090_N2501_ASR_250820
     """
+    state.warm_up((left, False), (right, True))
+    from . import api
+
     try:
         result = api.diff(left, right, state.config, checksum=checksum, gpu=gpu)
     except ModelSyncError as exc:
@@ -373,6 +409,9 @@ def list_(state: State, server, filter_, sort):
       model-sync list doomfist --filter asr --sort version
       model-sync list reaper --filter 'RTX3090_*_ASR_*' --json
     """
+    state.warm_up((server, True))
+    from . import api
+
     state.emit(api.list_models(server, state.config, filter=filter_, sort=sort))
 
 
@@ -390,6 +429,9 @@ def versions(state: State, server, model, gpu):
       model-sync versions doomfist
       model-sync versions doomfist --model ASR --gpu RTX3090
     """
+    state.warm_up((server, True))
+    from . import api
+
     state.emit(api.versions(server, state.config, model=model, gpu=gpu))
 
 
@@ -413,6 +455,9 @@ def prune(state: State, server, model, keep, gpu, yes):
       model-sync prune reaper --model LANGDETECTOR --keep 3
       model-sync prune reaper --model LANGDETECTOR --keep 3 --yes
     """
+    state.warm_up((server, True))
+    from . import api
+
     result = api.prune(server, model, keep, state.config, gpu=gpu, yes=yes)
     state.emit(result)
     if result.dry_run and result.to_remove and state.fmt == "json":  # the table's notes say it otherwise

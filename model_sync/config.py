@@ -52,7 +52,7 @@ class Defaults:
     delete: bool = False
     connect_timeout: int = 10
     io_timeout: int = 120
-    streams: int = 2
+    streams: int = 4
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ DEFAULT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "delete": ((bool,), "mirror deletions inside the model directory (default false)"),
     "connect_timeout": ((int,), "seconds to wait for an SSH connection (default 10)"),
     "io_timeout": ((int,), "seconds a transfer may stall (no data moving) before it stops, resumable (default 120)"),
-    "streams": ((int,), "parallel rsync streams for a model with several large files (default 2; 1 turns it off)"),
+    "streams": ((int,), "parallel rsync streams for a model with several large files (default 4; 1 turns it off)"),
 }
 NAMING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "pattern": ((str,), f"model directory naming convention (default {DEFAULT_PATTERN})"),

@@ -210,6 +210,7 @@ class RemoteHost:
         self._conn = None  # Fabric connection, for exec
         self._control: str | None = None  # ControlMaster socket, once connected
         self._connecting = threading.Lock()
+        self._failed: Exception | None = None  # a failed early connect, raised on first use
 
     @property
     def label(self) -> str:
@@ -217,12 +218,21 @@ class RemoteHost:
         return f"{t.user}@{t.hostname}" + ("" if t.port == 22 else f":{t.port}")
 
     # -- connection -------------------------------------------------------
+    def _connect_early(self) -> None:
+        try:
+            self.connect()
+        except Exception as exc:  # kept for the command's own connect() to raise
+            self._failed = exc
+
     def connect(self) -> str:
         """Open the shared connection (once) and return its control socket.
         It lives in a new private (0700) directory, removed by close()."""
         with self._connecting:
             if self._control is not None:
                 return self._control
+            if self._failed is not None:
+                failed, self._failed = self._failed, None
+                raise failed
             t = self.target
             directory = tempfile.mkdtemp(prefix="model-sync-", dir=_socket_dir())
             control = os.path.join(directory, "ssh")
@@ -531,10 +541,49 @@ def _connect_error(t: SshTarget, exc: BaseException) -> Exception:
 
 
 def open_host(alias: str, config: Config) -> LocalHost | RemoteHost:
-    """The host for an alias; a remote one connects lazily on first use."""
+    """The host for an alias; a remote one connects lazily on first use (or
+    is already connecting, after warm_up)."""
     server = config.server(alias)
     if server.is_local:
         return LocalHost(server)
+    host = _warming.pop(alias, None)
+    if host is not None and host.server == server:
+        return host
+    if host is not None:
+        host.close()
     return RemoteHost(server, resolve(server, config))
+
+
+# Hosts whose connection started before the command needed them (warm_up).
+_warming: dict[str, RemoteHost] = {}
+
+
+def warm_up(alias: str, config: Config) -> None:
+    """Start connecting to a server in the background, so the handshake runs
+    while the rest of the command loads and lists the local side. The next
+    open_host(alias) takes it over; a failure is reported there, as if it
+    happened then. Never raises."""
+    if alias in _warming:
+        return
+    try:
+        server = config.server(alias)
+        if server.is_local:
+            return
+        host = RemoteHost(server, resolve(server, config))
+    except ModelSyncError:
+        return  # the command itself will say what is wrong
+    _warming[alias] = host
+    if len(_warming) == 1:
+        import atexit
+
+        atexit.register(_close_unclaimed)
+    threading.Thread(target=host._connect_early, daemon=True).start()
+
+
+def _close_unclaimed() -> None:
+    """Connections started for a command that ended before using them."""
+    while _warming:
+        _, host = _warming.popitem()
+        host.close()
 
 

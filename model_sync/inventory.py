@@ -26,10 +26,9 @@ from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (SHA256, XXH128, FileEntry, Tree, chunked, hash_files,
                        list_tree, remote_hash_method)
 from .paths import under
-from .naming import (SelectorError, compile_pattern, example_name, group_models, parse_name, resolve_selector,
+from .naming import (SORTS, SelectorError, compile_pattern, example_name, group_models, parse_name, resolve_selector,
                      version_key)
 
-SORTS = ("name", "size", "modified", "version")
 _GLOB_CHARS = "*?["
 _ARGS_MAX = 100_000  # bytes of quoted paths per deletion script (one argv item is capped at 128 KiB)
 
@@ -339,7 +338,7 @@ list_tree_with_manifest = list_tree
 STATUSES = ("same", "new", "modified", "remote only")
 
 
-@dataclass
+@dataclass(slots=True)
 class DiffEntry:
     path: str
     status: str  # same | new (left only) | modified | remote only (right only)

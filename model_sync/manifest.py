@@ -9,7 +9,9 @@ own format, so `cd MODEL && xxhsum -c .model-sync.xxh128` checks a copy."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +25,14 @@ SHA256 = "sha256"
 _CHUNK = 100_000  # bytes of file names per remote hashing command (one argv item is capped at 128 KiB)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # tens of thousands per listing: slots make them cheap
 class FileEntry:
     path: str  # relative, '/'-separated
     size: int
     mtime: int  # whole seconds, as rsync's quick check compares them
     kind: str = "f"  # 'f' file, 'l' symlink
     target: str = ""  # symlink target
+    mode: int = 0  # permission bits (rsync -a keeps them)
 
     def same_quick(self, other: "FileEntry") -> bool:
         if self.kind != other.kind:
@@ -47,6 +50,7 @@ class Tree:
     is_dir: bool = True
     manifest: dict[str, str] = field(default_factory=dict)  # the directory's .model-sync.xxh128
     manifest_mtime: int | None = None  # whole seconds
+    dirs: dict[str, int] = field(default_factory=dict)  # directories below root -> mode
 
     @property
     def total_bytes(self) -> int:
@@ -64,10 +68,12 @@ class Tree:
         return h if h and entry.mtime < self.manifest_mtime else None
 
 
-# Every file and symlink below `.`, NUL-separated "KIND SIZE MTIME PATH\0TARGET\0"
-# records; shared by every listing script so they all read alike.
-FIND_FILES = (r"find . -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} "
-              r"-printf '%y %s %T@ %P\0%l\0'").format(partial=PARTIAL_DIR, manifest=MANIFEST_NAME)
+# Every file, symlink and directory below `.`, NUL-separated
+# "KIND SIZE MTIME MODE PATH\0TARGET\0" records (MODE in octal); shared by
+# every listing script so they all read alike.
+FIND_FILES = (r"find . -mindepth 1 -name {partial} -prune -o \( -type f -o -type l \) ! -path ./{manifest} "
+              r"-printf '%y %s %T@ %m %P\0%l\0' -o -type d -printf 'd 0 %T@ %m %P\0\0'"
+              ).format(partial=PARTIAL_DIR, manifest=MANIFEST_NAME)
 
 # The listing and, in the same round trip, the manifest's mtime and text (stat
 # before cat: a manifest replaced in between reads as older, never newer).
@@ -101,7 +107,7 @@ def list_tree(host, root: str) -> Tree:
     if out.startswith("NOTDIR"):
         return Tree(root, exists=True, is_dir=False)
     tree = Tree(root, exists=True)
-    tree.files, rest = parse_listing(out[3:])
+    tree.files, rest = parse_listing(out[3:], tree.dirs)
     if rest.startswith("MANIFEST "):
         head, _, text = rest.partition("\n")
         try:
@@ -112,15 +118,22 @@ def list_tree(host, root: str) -> Tree:
     return tree
 
 
-def parse_listing(data: str) -> tuple[dict[str, FileEntry], str]:
+def parse_listing(data: str, dirs: dict[str, int] | None = None) -> tuple[dict[str, FileEntry], str]:
     """FIND_FILES records, up to the first thing that is not one; returns the
-    files and the rest of the text."""
+    files and symlinks, and the rest of the text. Directories go into `dirs`
+    (path -> mode) when given."""
     parts = data.split("\0")
     files: dict[str, FileEntry] = {}
     i = 0
-    while i < len(parts) - 1 and parts[i][:2] in ("f ", "l "):
-        kind, size, mtime, path = parts[i].split(" ", 3)
-        files[path] = FileEntry(path, int(size), int(float(mtime)), kind, parts[i + 1] if kind == "l" else "")
+    while i < len(parts) - 1 and parts[i][:2] in ("f ", "l ", "d "):
+        kind, size, mtime, mode, path = parts[i].split(" ", 4)
+        if kind == "d":
+            if dirs is not None:
+                dirs[path] = int(mode, 8)
+        else:
+            # whole seconds: the digits before find's fraction (rsync compares those)
+            files[path] = FileEntry(path, int(size), int(mtime.partition(".")[0]), kind,
+                                    parts[i + 1] if kind == "l" else "", int(mode, 8))
         i += 2
     return files, "\0".join(parts[i:])
 
@@ -156,7 +169,7 @@ try:
     new = xxhash.xxh3_128
 except ImportError:
     sys.exit(4)
-for i, name in enumerate(sys.argv[1:]):
+for i, name in enumerate(sys.stdin.buffer.read().split(b"\0")[:-1]):
     h = new()
     try:
         with open(name, "rb") as fh:
@@ -164,7 +177,7 @@ for i, name in enumerate(sys.argv[1:]):
                 h.update(chunk)
     except OSError:
         continue
-    print(i, h.hexdigest())
+    print(i, h.hexdigest(), flush=True)
 """
 
 
@@ -178,48 +191,58 @@ def remote_hash_method(facts) -> str:
 
 
 def hash_with_script(host, root: str, paths: list[str], method: str) -> dict[str, str]:
-    """Hash files under root on any host with a shell tool; file names travel
-    as quoted arguments (data, never code) and come back matched by position."""
+    """Hash files under root on any host with a shell tool, in one session:
+    the names travel NUL-separated on stdin (data, never code) to `xargs -0`
+    or python. Names xxhsum would escape in its output (newline, backslash)
+    go as quoted arguments, one call per file, matched by position."""
     from .hosts import remote_path_expr
 
+    cd = f"cd -- {remote_path_expr(root)} || exit 3\n"
+    tool = "xxhsum -H2" if method == "xxhsum" else "sha256sum"
+    batch = paths if method == "python" else [p for p in paths if _plain_name(p)]
+    odd = [] if method == "python" else [p for p in paths if not _plain_name(p)]
     out: dict[str, str] = {}
-    for chunk in chunked(paths):
-        args = " ".join(shlex.quote("./" + p) for p in chunk)
+    if batch:
+        names = b"".join(("./" + p).encode("utf-8", "surrogateescape") + b"\0" for p in batch)
         if method == "python":
-            cmd = f"python3 -c {shlex.quote(_PY_HASH)} {args}"
-        elif all(_plain_name(p) for p in chunk):
-            tool = "xxhsum -H2" if method == "xxhsum" else "sha256sum"
-            # one call for the chunk; each output line names its file (line-buffered
-            # where stdbuf exists, so a long chunk keeps the channel alive)
-            cmd = f'sb=; if command -v stdbuf >/dev/null 2>&1; then sb="stdbuf -oL"; fi\n$sb {tool} -- {args}'
-
-        else:
-            tool = "xxhsum -H2" if method == "xxhsum" else "sha256sum"
-            # a name with a newline or backslash would be escaped or split in the
-            # tool's output: one call per file ties each line to its index instead
-            cmd = f'i=0; for f in {args}; do printf "%s " "$i"; {tool} < "$f" || echo; i=$((i+1)); done'
-        res = host.script(f"cd -- {remote_path_expr(root)} || exit 3\n{cmd}\n", timeout=3600)
-        if res.exit_code == 3 or (res.exit_code != 0 and not res.stdout):
-            raise RemoteError(host.alias, f"hashing under {root} failed: {res.stderr.strip() or res.exit_code}",
-                              res.exit_code, res.stderr)
-        wanted = set(chunk)
-        for line in res.stdout.splitlines():
-            head, sep, name = line.partition("  ")
-            if sep and _is_hex(head) and name.startswith("./") and name[2:] in wanted:
-                out[name[2:]] = head.lower()  # batch form: "HASH  ./name"
-                continue
-            fields = line.split()
-            if len(fields) >= 2 and fields[0].isdigit() and _is_hex(fields[1]):
-                out[chunk[int(fields[0])]] = fields[1].lower()  # indexed form: "I HASH ..."
+            cmd = f"python3 -c {shlex.quote(_PY_HASH)}"
+        else:  # line-buffered where stdbuf exists: results arrive as files finish
+            cmd = f'sb=; if command -v stdbuf >/dev/null 2>&1; then sb="stdbuf -oL"; fi\nxargs -0 $sb {tool} --'
+        _collect(host, root, host.script(cd + cmd + "\n", timeout=None, stdin=names), batch, out)
+    for chunk in chunked(odd):
+        args = " ".join(shlex.quote("./" + p) for p in chunk)
+        cmd = f'i=0; for f in {args}; do printf "%s " "$i"; {tool} < "$f" || echo; i=$((i+1)); done'
+        _collect(host, root, host.script(cd + cmd + "\n", timeout=None), chunk, out)
     return out
+
+
+def _collect(host, root: str, res, names: list[str], out: dict[str, str]) -> None:
+    """Hashes from a hashing command's output: "HASH  ./name" lines (the
+    tools' own form) or "INDEX HASH" lines (into `names`)."""
+    if res.exit_code == 3 or (res.exit_code != 0 and not res.stdout):
+        raise RemoteError(host.alias, f"hashing under {root} failed: {res.stderr.strip() or res.exit_code}",
+                          res.exit_code, res.stderr)
+    wanted = set(names)
+    for line in res.stdout.splitlines():
+        head, sep, name = line.partition("  ")
+        if sep and _is_hex(head) and name.startswith("./") and name[2:] in wanted:
+            out[name[2:]] = head.lower()
+            continue
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].isdigit() and _is_hex(fields[1]) and int(fields[0]) < len(names):
+            out[names[int(fields[0])]] = fields[1].lower()
 
 
 def _plain_name(p: str) -> bool:
     return not any(c in p for c in "\n\r\\")
 
 
+_HEX = re.compile(r"[0-9a-fA-F]{32}(?:[0-9a-fA-F]{32})?")  # xxh3-128 or sha256
+_MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{32}(?:[0-9a-fA-F]{32})?)  (.*)$", re.M)
+
+
 def _is_hex(s: str) -> bool:
-    return len(s) in (32, 64) and all(c in "0123456789abcdefABCDEF" for c in s)
+    return _HEX.fullmatch(s) is not None
 
 
 def chunked(items: list[str], limit: int = _CHUNK, overhead: int = 8):
@@ -243,6 +266,10 @@ def hash_files(host, root: str, paths: list[str], method: str) -> dict[str, str]
         return {}
     if host.is_local:
         base = Path(root).expanduser()
+        if method == "xxhsum" and shutil.which("xxhsum"):
+            # xxhsum in C beats Python threads on many small files, and is
+            # the same tool the server side runs
+            return hash_with_script(host, str(base), paths, method)
         present = [p for p in paths if (base / p).is_file()]
         return hash_local(base, present, SHA256 if method == "sha256" else XXH128)
     return hash_with_script(host, root, paths, method)
@@ -266,9 +293,5 @@ def manifest_text(hashes: dict[str, str]) -> str:
 
 
 def parse_manifest(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        h, sep, name = line.partition("  ")
-        if sep and _is_hex(h):
-            out[name] = h.lower()
-    return out
+    # one regex pass: manifests of tens of thousands of lines are read on every push
+    return {name.rstrip("\r"): h.lower() for h, name in _MANIFEST_LINE.findall(text)}

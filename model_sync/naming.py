@@ -29,6 +29,9 @@ class SelectorError(ValueError):
         self.candidates = candidates
 
 
+SORTS = ("name", "size", "modified", "version")  # orders of `list --sort`
+
+
 @dataclass(frozen=True)
 class NamingPattern:
     text: str

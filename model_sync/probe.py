@@ -95,6 +95,7 @@ class TargetState:
     is_link: bool = False
     is_other: bool = False  # exists but is not a directory
     target_files: dict | None = None  # the target's own listing, when asked for both
+    dirs: dict | None = None  # directories of the listed copy -> mode
 
 
 def parse_state(out: str, path: str) -> TargetState:
@@ -107,7 +108,8 @@ def parse_state(out: str, path: str) -> TargetState:
     manifest_text, _, _ = rest.partition("\nMANIFEST-END")
     values = dict(line.partition("=")[::2] for line in head.splitlines() if "=" in line)
     fields = values.get("target_df", "").split()
-    lists = parse_sections(data)
+    dirs: dict[str, dict] = {}
+    lists = parse_sections(data, dirs)
     return TargetState(
         path=path,
         is_dir=values.get("target_dir") == "1",
@@ -118,18 +120,20 @@ def parse_state(out: str, path: str) -> TargetState:
         is_link=values.get("target_link") == "1",
         is_other=values.get("target_other") == "1",
         target_files=lists.get("target"),
+        dirs=dirs.get("look", {}),
     )
 
 
-def parse_sections(data: str) -> dict[str, dict]:
-    """Listings, each opened by an "@@LIST name" record and closed by "@@END"."""
+def parse_sections(data: str, dirs: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Listings, each opened by an "@@LIST name" record and closed by "@@END";
+    each listing's directories go into dirs[name] when `dirs` is given."""
     from .manifest import parse_listing
 
     out: dict[str, dict] = {}
     rest = data
     while rest.startswith("@@LIST "):
         name, _, rest = rest[7:].partition("\0\0")
-        out[name], rest = parse_listing(rest)
+        out[name], rest = parse_listing(rest, None if dirs is None else dirs.setdefault(name, {}))
         rest = rest.removeprefix("@@END\0\0")
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -63,12 +64,18 @@ def yes_no(v: bool | None) -> str:
     return "-" if v is None else ("yes" if v else "no")
 
 
+# control characters, and bytes that are not UTF-8 (surrogate-escaped)
+_UNSAFE = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")
+
+
 def cell(value: Any) -> str:
     """Show any value in a table cell; control characters in file names are
     escaped so a crafted name cannot break a table or a terminal."""
     if value is None:
         return "-"
     text = str(value)
+    if not _UNSAFE.search(text):  # nearly always: one C-level scan
+        return text
     if any(ord(c) < 32 or c == "\x7f" for c in text):
         text = text.encode("unicode_escape").decode("ascii")
     if any("\udc80" <= c <= "\udcff" for c in text):  # bytes that are not UTF-8, shown as \xNN
@@ -77,6 +84,7 @@ def cell(value: Any) -> str:
 
 
 # -- views of each result ------------------------------------------------------
+SAME_ROWS_MAX = 100  # a diff lists unchanged files only up to this many
 VIEWS: dict[type, Callable[[Any], list[View]]] = {}
 
 
@@ -88,6 +96,9 @@ def view_of(cls):
 
 
 def views(result) -> list[View]:
+    if not VIEWS:  # registered on first use: importing render stays cheap
+        _register_builtin_views()
+        _register_inventory_views()
     if type(result) in VIEWS:  # a subclass's own view before its parent's
         return VIEWS[type(result)](result)
     for cls, fn in VIEWS.items():
@@ -136,6 +147,9 @@ def _register_builtin_views():
         if r.deleted:
             rows.append(["Deleted", str(len(r.deleted))])
         notes = [f"{r.source} -> {r.destination}"]
+        if r.up_to_date:
+            notes.append("Already up to date: every file matches in size, time and mode, and the destination's "
+                         "manifest lists them all; nothing was sent or changed")
         if r.mismatched:
             notes.append("Mismatched: " + ", ".join(cell(p) for p in r.mismatched))
         return [View("Result", ["Metric", "Value"], rows, notes)]
@@ -197,8 +211,11 @@ def _register_inventory_views():
 
     @view_of(DiffResult)
     def _diff(r: DiffResult) -> list[View]:
+        # every difference; unchanged files too unless there are many (a 20,000-row
+        # table helps nobody, and floods an assistant's context)
+        listed = r.entries if r.same <= SAME_ROWS_MAX else [e for e in r.entries if e.status != "same"]
         rows = [[cell(e.path), "-" if e.left_size is None else human_size(e.left_size),
-                 "-" if e.right_size is None else human_size(e.right_size), e.status] for e in r.entries]
+                 "-" if e.right_size is None else human_size(e.right_size), e.status] for e in listed]
         lo, ro = r.left.label, r.right.label
         short = {"Local": "local", "Remote": "remote", "Left": "left", "Right": "right"}
         notes = [f"{cell(r.left.display)} <-> {cell(r.right.display)}"]
@@ -213,6 +230,8 @@ def _register_inventory_views():
             mode += f"; hashed {r.left.hashed + r.right.hashed}, {reused} from .model-sync.xxh128 manifests" \
                 if reused else f"; hashed {r.left.hashed + r.right.hashed}"
         only_right = "Remote only" if ro == "Remote" else f"Remote only ({short.get(ro, ro)})"
+        if len(listed) < len(r.entries):
+            notes.append(f"{_plural(r.same)} unchanged and not listed (--json lists every file)")
         notes += [mode, "", "Summary:", f"- Same: {_plural(r.same)}",
                   f"- New ({short.get(lo, lo)}): {_plural(r.new)}", f"- Modified: {_plural(r.modified)}",
                   f"- {only_right}: {_plural(r.remote_only)}", ""]
@@ -380,6 +399,3 @@ def print_result(result, fmt: str = "auto", file=None) -> None:
                 console.print(note, highlight=False, markup=False)
     file.flush()
 
-
-_register_builtin_views()
-_register_inventory_views()

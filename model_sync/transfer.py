@@ -74,6 +74,7 @@ class TransferResult:
     sent: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    up_to_date: bool = False  # nothing to send: the destination already matched, nothing was touched
 
     __json_properties__ = ("speed_bytes_per_s",)
 
@@ -107,8 +108,9 @@ class _Side:
 
     host: object
     path: str
-    tree: dict = field(default_factory=dict)  # source side: its files
+    tree: dict = field(default_factory=dict)  # source side: its files and symlinks
     state: TargetState | None = None  # destination side: as inspected
+    dirs: dict = field(default_factory=dict)  # source side: its directories -> mode
     stage: str = ""
 
     def rsync_spec(self) -> str:
@@ -227,18 +229,23 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
         raise UsageError(f"{local_path} is not a directory; push sends a model directory")
     rel = relative_or_absolute(remote_path, alias, os.path.basename(local_abs.rstrip("/"))
                                 if direction == "push" else None)
+    start = time.monotonic()
     server = host or open_host(alias, config)
     here = server if server.is_local else LocalHost.this_machine()
     try:
         # one round trip: the server's tools, and the model directory there
-        facts, remote = inspect(server, rel, use_stage=direction == "push")
+        # (for a push, the local listing meanwhile)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            local_tree = pool.submit(list_tree, here, local_abs) if direction == "push" else None
+            facts, remote = inspect(server, rel, use_stage=direction == "push")
+            local_tree = local_tree.result() if local_tree else None
         if not server.is_local:
             _check_rsync(facts, alias)
         method = "xxhsum" if server.is_local else remote_hash_method(facts)
         rpath = remote.path
         if direction == "push":
             _check_destination(alias, f"{alias}:{rpath}", remote, facts.base_abs)
-            src = _Side(here, local_abs, tree=list_tree(here, local_abs).files)
+            src = _Side(here, local_abs, tree=local_tree.files, dirs=local_tree.dirs)
             dst = _Side(server, rpath, state=remote)
         else:
             if not remote.is_dir:
@@ -248,7 +255,7 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
                 local_abs = os.path.join(local_abs, posixpath.basename(rpath))
             _, local_state = inspect(here, local_abs, use_stage=True)
             _check_destination(alias, local_abs, local_state, None)
-            src = _Side(server, rpath, tree=remote.files)
+            src = _Side(server, rpath, tree=remote.files, dirs=remote.dirs or {})
             dst = _Side(here, local_abs, state=local_state)
         if server.is_local:  # both ends on this machine: neither may hold the other
             a, b = os.path.realpath(src.path), os.path.realpath(dst.path)
@@ -256,10 +263,41 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
                 raise UsageError(f"{dst.path} and {src.path} overlap (one holds the other); "
                                  "pick a destination outside the source")
         server_side = dst if direction == "push" else src
+        if _up_to_date(src, dst.state, opts):
+            return TransferResult(direction=direction, server=alias, source=_show(src, server_side, alias),
+                                  destination=_show(dst, server_side, alias), files=0, bytes=0,
+                                  seconds=round(time.monotonic() - start, 3), verified=None, algorithm=None,
+                                  up_to_date=True)
         return _transfer(direction, alias, src, dst, server_side, opts, method, progress, on_item, on_wait, cancel)
     finally:
         if host is None:
             server.close()
+
+
+def _up_to_date(src: _Side, dst: TargetState, opts: TransferOptions) -> bool:
+    """Nothing to do: the published destination already has every file and
+    symlink as the source has it (size, mtime and mode; link target), every
+    directory with its mode, and its manifest lists every file. Then we skip
+    the lock, the staging copy and rsync. Anything else takes the full path:
+    filters, a dry run, a staging copy left by an interrupted run, and with
+    --delete any entry the source lacks. Owner and directory times are not
+    compared (publishing ignores directory-time-only changes too)."""
+    if opts.dry_run or opts.excludes or opts.includes or not dst.is_dir or dst.stage_is_dir or dst.is_link:
+        return False
+    have, have_dirs = dst.files, dst.dirs or {}
+    for path, f in src.tree.items():
+        g = have.get(path)
+        if g is None or not f.same_quick(g) or (f.kind == "f" and f.mode != g.mode):
+            return False
+        if opts.verify and f.kind == "f" and path not in dst.manifest:
+            return False  # the manifest keeps a hash of every published file: complete it
+    if any(have_dirs.get(d) != mode for d, mode in src.dirs.items()):
+        return False
+    return not opts.delete or (have.keys() <= src.tree.keys() and have_dirs.keys() <= src.dirs.keys())
+
+
+def _show(side: _Side, server_side: _Side, alias: str) -> str:
+    return f"{alias}:{side.path}" if side is server_side else side.path
 
 
 def _rsh(side_a: _Side, side_b: _Side) -> str | None:
@@ -297,7 +335,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
                          includes=opts.includes, bwlimit=opts.bwlimit, io_timeout=opts.io_timeout)
 
     def show(side: _Side) -> str:
-        return f"{alias}:{side.path}" if side is server_side else side.path
+        return _show(side, server_side, alias)
 
     def stop_if_cancelled(when: str) -> None:
         if cancel is not None and cancel.is_set():
@@ -404,9 +442,10 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
 
         # 5. publish in one step (with the manifest, in the same round trip)
         write = manifest != old_manifest
-        # any change rsync made (symlinks, new directories, types, modes) counts;
-        # only directory attribute updates alone do not
-        changed = any(not i.flags.startswith(".d") for i in run.items)
+        # any change rsync made (symlinks, new directories, types, modes, a
+        # directory's mode) counts; a directory's time alone does not
+        # (itemized YXcstpoguax: flags[5] is the permission change)
+        changed = any(not i.flags.startswith(".d") or i.flags[5:6] == "p" for i in run.items)
         swap = bool(gone) or write or changed or not now.is_dir
         res = dst.host.script(_PUBLISH.format(
             dest=d, stage=st, old=remote_path_expr(old), manifest=MANIFEST_NAME, partial=PARTIAL_DIR,

@@ -3,6 +3,7 @@ then the real sshd (`bed`: same machine, reached over SSH)."""
 
 import json
 import os
+import time
 import subprocess
 from pathlib import Path
 
@@ -345,6 +346,9 @@ def pushed(bed, tmp_path):
     model = make(tmp_path / "src" / "langdetector", {
         "config.pbtxt": b"name: langdetector\n" * 100, "1/model.onnx": os.urandom(45_000),
         "1/model.plan": os.urandom(20_000)})
+    old = time.time() - 60  # files older than the manifest the push writes, whatever second it is
+    for p in model.rglob("*"):
+        os.utime(p, (old, old))
     res = run_cli("push", str(model), "bed")
     assert res.returncode == 0, res.stderr
     assert (bed.remote_base / "langdetector" / ".model-sync.xxh128").exists()
@@ -597,3 +601,22 @@ def test_prune_removes_only_what_was_approved(bed):
     assert {i.name for i in res.removed} == approved
     assert (bed.remote_base / "RTX3090_N2501_OCR_250301").is_dir()
     assert "RTX3090_N2501_OCR_250301" in {i.name for i in res.kept if i.status == "unapproved"}
+
+
+def test_markdown_lists_unchanged_files_only_when_few():
+    from model_sync import render
+    from model_sync.inventory import DiffEntry, DiffResult, DiffSide
+
+    def result(same: int) -> DiffResult:
+        entries = [DiffEntry(f"f{i:04d}", "same", 1, 1) for i in range(same)]
+        entries.append(DiffEntry("changed.bin", "modified", 1, 2))
+        return DiffResult(DiffSide("./m", None, "/x/m", "Local"), DiffSide("bed", "bed", "m", "Remote"),
+                          False, None, entries, 0.1)
+
+    few = render.markdown(result(render.SAME_ROWS_MAX))
+    assert few.count("| same |") == render.SAME_ROWS_MAX and "not listed" not in few
+    many = render.markdown(result(render.SAME_ROWS_MAX + 1))
+    assert many.count("| same |") == 0 and "| changed.bin | 1B | 2B | modified |" in many
+    assert f"{render.SAME_ROWS_MAX + 1} files unchanged and not listed (--json lists every file)" in many
+    assert f"- Same: {render.SAME_ROWS_MAX + 1} files" in many
+    assert len(render.to_jsonable(result(500))["entries"]) == 501  # JSON keeps every file

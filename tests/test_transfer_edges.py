@@ -87,6 +87,7 @@ def test_delete_never_removes_what_was_not_confirmed(bed, tmp_path):
 def test_delete_after_waiting_for_the_lock(bed, tmp_path):
     src = make_model(tmp_path / "src" / "m", {"a.bin": b"a"})
     assert push_json(str(src), "bed")[0].returncode == 0
+    (src / "a.bin").write_bytes(b"a2")  # something to send: an up-to-date push would not need the lock
     dest = bed.remote_base / "m"
     held, release, t, host = _hold_lock_then(bed, "m", None)
     try:
@@ -207,3 +208,13 @@ def test_destination_overlapping_the_source_is_refused(bed, tmp_path):
     res = run_cli("push", str(src), "local:m", "--delete", "--yes")
     assert res.returncode == 2 and "overlap" in res.stderr
     assert (src / "w.bin").exists() and (parent / "other.bin").exists()
+
+
+def test_streams_option(bed, tmp_path):
+    src = make_model(tmp_path / "src" / "m", {"a.bin": os.urandom(40 << 20), "b.bin": os.urandom(40 << 20)})
+    res = run_cli("push", str(src), "bed", "--streams", "0")
+    assert res.returncode == 2 and "--streams" in res.stderr
+    for n in ("1", "3"):
+        res, doc = push_json(str(src), f"bed:m{n}", "--streams", n)
+        assert res.returncode == 0 and doc["verified"] is True, res.stderr
+        assert (bed.remote_base / f"m{n}" / "b.bin").read_bytes() == (src / "b.bin").read_bytes()
