@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .config import Config, ServerConfig
 from .errors import ConnectError, HostKeyError, ModelSyncError, RemoteError, UsageError
+from . import early
 from .sshconf import SshTarget, resolve
 
 
@@ -193,20 +194,14 @@ def _text(data) -> str:
 MASTER_IDLE = 120  # seconds the shared connection outlives its last session, should we die without closing it
 
 
-def _socket_dir() -> str | None:
-    """A short directory for the control socket (a socket path is capped at
-    about 100 bytes); $TMPDIR when it is short enough, else /tmp."""
-    tmp = tempfile.gettempdir()
-    return tmp if len(tmp) <= 60 else "/tmp"
-
-
 class RemoteHost:
     is_local = False
 
-    def __init__(self, server: ServerConfig, target: SshTarget):
+    def __init__(self, server: ServerConfig, target: SshTarget, config_path=None):
         self.server = server
         self.alias = server.alias
         self.target = target
+        self.config_path = config_path  # lets the next command start this connection early (early.py)
         self._conn = None  # Fabric connection, for exec
         self._control: str | None = None  # ControlMaster socket, once connected
         self._connecting = threading.Lock()
@@ -234,10 +229,17 @@ class RemoteHost:
                 failed, self._failed = self._failed, None
                 raise failed
             t = self.target
-            directory = tempfile.mkdtemp(prefix="model-sync-", dir=_socket_dir())
+            started = early.take(self.alias)
+            if started is not None:  # begun by the entry point: ours only if it is what we would start
+                argv, proc, control = started
+                if argv == t.master_argv(control, MASTER_IDLE):
+                    return self._adopt(proc, control)
+                early.discard(started)
+            directory = tempfile.mkdtemp(prefix="model-sync-", dir=early.socket_dir())
             control = os.path.join(directory, "ssh")
+            argv = t.master_argv(control, MASTER_IDLE)
             try:
-                proc = subprocess.run(t.master_argv(control, MASTER_IDLE), capture_output=True,
+                proc = subprocess.run(argv, capture_output=True,
                                       stdin=subprocess.DEVNULL, timeout=2 * t.connect_timeout + 10)
             except FileNotFoundError:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -250,7 +252,24 @@ class RemoteHost:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise ssh_error(t, _text(proc.stderr))
             self._control = control
+            if self.config_path:
+                early.remember(str(self.config_path), self.alias, argv, control)
             return control
+
+    def _adopt(self, proc: subprocess.Popen, control: str) -> str:
+        """Take over the master the entry point started (see early.py)."""
+        t = self.target
+        try:
+            _, err = proc.communicate(timeout=2 * t.connect_timeout + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            shutil.rmtree(os.path.dirname(control), ignore_errors=True)
+            raise ConnectError(t.alias, _msg_timeout(t)) from None
+        if proc.returncode != 0:
+            shutil.rmtree(os.path.dirname(control), ignore_errors=True)
+            raise ssh_error(t, _text(err))
+        self._control = control
+        return control
 
     def close(self):
         if self._conn is not None:
@@ -551,7 +570,7 @@ def open_host(alias: str, config: Config) -> LocalHost | RemoteHost:
         return host
     if host is not None:
         host.close()
-    return RemoteHost(server, resolve(server, config))
+    return RemoteHost(server, resolve(server, config), config.path)
 
 
 # Hosts whose connection started before the command needed them (warm_up).
@@ -569,7 +588,7 @@ def warm_up(alias: str, config: Config) -> None:
         server = config.server(alias)
         if server.is_local:
             return
-        host = RemoteHost(server, resolve(server, config))
+        host = RemoteHost(server, resolve(server, config), config.path)
     except ModelSyncError:
         return  # the command itself will say what is wrong
     _warming[alias] = host

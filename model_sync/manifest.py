@@ -206,8 +206,13 @@ def hash_with_script(host, root: str, paths: list[str], method: str) -> dict[str
         names = b"".join(("./" + p).encode("utf-8", "surrogateescape") + b"\0" for p in batch)
         if method == "python":
             cmd = f"python3 -c {shlex.quote(_PY_HASH)}"
-        else:  # line-buffered where stdbuf exists: results arrive as files finish
-            cmd = f'sb=; if command -v stdbuf >/dev/null 2>&1; then sb="stdbuf -oL"; fi\nxargs -0 $sb {tool} --'
+        else:
+            # with stdbuf, each result line is one write (atomic in a pipe), so
+            # up to 4 hashers can share the output: one per core
+            cmd = (f'if command -v stdbuf >/dev/null 2>&1; then\n'
+                   f'  j=$(nproc 2>/dev/null || echo 1); [ "$j" -gt 4 ] && j=4\n'
+                   f'  exec xargs -0 -P "$j" -n $(( ({len(batch)} + j - 1) / j )) stdbuf -oL {tool} --\n'
+                   f'fi\nexec xargs -0 {tool} --')
         _collect(host, root, host.script(cd + cmd + "\n", timeout=None, stdin=names), batch, out)
     for chunk in chunked(odd):
         args = " ".join(shlex.quote("./" + p) for p in chunk)

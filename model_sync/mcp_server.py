@@ -390,6 +390,9 @@ Delete = Annotated[bool, Field(description=(
 Verify = Annotated[bool | None, Field(description=(
     "Hash every transferred file on both ends (xxh3-128); default from the config (on)."))]
 DryRun = Annotated[bool, Field(description="Only report what would be sent and deleted; change nothing.")]
+Streams = Annotated[int | None, Field(ge=1, le=16, description=(
+    "Parallel rsync streams for large files; default from the config (4). More help over "
+    "links with high latency; 1 turns it off."))]
 TransferTimeout = Annotated[float, Field(gt=0, le=TRANSFER_MAX_TIMEOUT, description=(
     "Give up after this many seconds; rsync stops and keeps partial files, so calling "
     "again resumes."))]
@@ -409,11 +412,12 @@ def _delete_question(verb: str):
     return question
 
 
-def _transfer_options(config: Config, verify: bool | None, delete: bool, dry_run: bool):
+def _transfer_options(config: Config, verify: bool | None, delete: bool, dry_run: bool, streams: int | None):
     from dataclasses import replace
 
     opts = api.transfer_defaults(config)
     return replace(opts, verify=opts.verify if verify is None else verify, delete=delete, dry_run=dry_run,
+                   streams=streams or opts.streams,
                    confirmed=True)  # deletion was confirmed through MCP before we get here
 
 
@@ -427,6 +431,7 @@ async def push(
     delete: Delete = False,
     verify: Verify = None,
     dry_run: DryRun = False,
+    streams: Streams = None,
     confirm: Confirm = False,
     timeout_seconds: TransferTimeout = TRANSFER_DEFAULT_TIMEOUT,
 ) -> Annotated[CallToolResult, api.TransferReport]:
@@ -437,7 +442,7 @@ async def push(
     config = app.load_config()
     src = local_path(config, model)
     dest = server if remote_path is None else f"{server}:{inside_base(remote_path, 'remote_path')}"
-    opts = _transfer_options(config, verify, delete, dry_run)
+    opts = _transfer_options(config, verify, delete, dry_run, streams)
     return await call(api.push, str(src), dest, config=config, opts=opts, report_to=ctx,
                       cancellable=True, limit=timeout_seconds, label=f"{server}: push")
 
@@ -456,6 +461,7 @@ async def pull(
     delete: Delete = False,
     verify: Verify = None,
     dry_run: DryRun = False,
+    streams: Streams = None,
     confirm: Confirm = False,
     timeout_seconds: TransferTimeout = TRANSFER_DEFAULT_TIMEOUT,
 ) -> Annotated[CallToolResult, api.TransferReport]:
@@ -466,7 +472,7 @@ async def pull(
     into = local_path(config, local_dir)
     into.mkdir(parents=True, exist_ok=True)
     rel = inside_base(remote_path, "remote_path")  # selectors too: 'ASR@latest' is a relative path
-    opts = _transfer_options(config, verify, delete, dry_run)
+    opts = _transfer_options(config, verify, delete, dry_run, streams)
     return await call(api.pull, f"{server}:{rel}", str(into), config=config, opts=opts, gpu=gpu,
                       report_to=ctx, cancellable=True, limit=timeout_seconds, label=f"{server}: pull")
 

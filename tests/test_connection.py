@@ -76,3 +76,29 @@ def test_connection_errors_name_the_fix(cli, bed, tmp_path, args):
     assert kh.read_text() == ""
     res = cli("list", "down")
     assert res.returncode == 3 and "connection refused; is sshd running" in res.stderr
+
+
+def test_entry_point_starts_the_connection_early_and_only_if_it_matches(cli, bed):
+    import json
+
+    cache = bed.home / ".cache" / "model-sync" / "connections.json"
+    assert cli("list", "bed").returncode == 0  # connects, and remembers how
+    data = json.loads(cache.read_text())
+    assert "ControlPath=@CONTROL@" in data["hosts"]["bed"]
+    before = _logins(bed)
+    assert cli("list", "bed").returncode == 0  # started by the entry point, adopted: one handshake
+    assert _logins(bed) - before == 1
+    # an argv that is not what the command would use is started (the entry
+    # point cannot know) but never adopted: closed, and a proper connection made
+    data["hosts"]["bed"][1:1] = ["-o", "ConnectTimeout=7"]
+    cache.write_text(json.dumps(data))
+    before = _logins(bed)
+    assert cli("list", "bed").returncode == 0
+    assert _logins(bed) - before == 2
+    # an edited config makes the cache stale: nothing starts early
+    cache.write_text(json.dumps(data))
+    bed.write_config(bed.config.read_text() + "\n")
+    before = _logins(bed)
+    assert cli("list", "bed").returncode == 0
+    assert _logins(bed) - before == 1
+    assert "ConnectTimeout=7" not in cache.read_text()  # rewritten for the new config

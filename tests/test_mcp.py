@@ -443,6 +443,17 @@ async def test_push_pull_verify_over_mcp_with_progress(session, bed):
     assert (bed.local_base / "pulled" / src.name / "config.pbtxt").read_bytes() == b"name: m\n"
 
 
+async def test_push_streams_and_up_to_date_over_mcp(session, bed):
+    src = _local_model(bed)
+    r = await session.call_tool("push", {"model": src.name, "server": "bed", "streams": 0})
+    assert r.is_error  # outside 1..16, refused by the schema
+    r = await session.call_tool("push", {"model": src.name, "server": "bed", "streams": 2})
+    assert not r.is_error and r.structured_content["published"] is True, r.content
+    r = await session.call_tool("push", {"model": src.name, "server": "bed"})
+    assert not r.is_error and r.structured_content["up_to_date"] is True
+    assert "Already up to date" in text_of(r)
+
+
 async def test_push_with_delete_needs_confirm(session, bed):
     src = _local_model(bed)
     assert not (await session.call_tool("push", {"model": src.name, "server": "bed"})).is_error

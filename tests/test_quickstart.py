@@ -38,3 +38,38 @@ def test_light_commands_do_not_import_ssh_or_mcp(args):
 def test_probe_sees_heavy_imports(bed):
     # the check itself can fail: exec on a server goes through Fabric
     assert {"fabric", "paramiko"} <= set(_heavy_imports("exec", "bed", "true"))
+
+
+def test_early_value_options_match_the_cli():
+    import click
+
+    from model_sync import early
+    from model_sync.cli import cli
+
+    names = set()
+
+    def walk(cmd):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.is_flag and not p.count:
+                names.update(o for o in p.opts if o.startswith("--"))
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(cli)
+    assert names == early.VALUE_OPTIONS
+
+
+def test_early_reads_servers_from_argv(tmp_path, monkeypatch):
+    from model_sync.early import named_servers
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reaper").mkdir()  # a local directory that shares a server's name
+    known = {"reaper": [], "doomfist": []}
+    assert named_servers(["diff", "./m", "doomfist"], known) == (None, ["doomfist"])
+    assert named_servers(["--config", "c.yaml", "diff", "reaper:M", "doomfist:M"], known) == (
+        "c.yaml", ["reaper", "doomfist"])
+    assert named_servers(["push", "reaper", "doomfist"], known) == (None, ["doomfist"])
+    assert named_servers(["push", "--exclude", "doomfist", "./m", "other"], known) == (None, [])
+    assert named_servers(["list", "--filter=reaper", "doomfist"], known) == (None, ["doomfist"])
+    assert named_servers(["exec", "doomfist", "ls"], known) == (None, [])  # exec: Fabric, not early
+    assert named_servers(["--json", "versions", "--", "doomfist"], known) == (None, ["doomfist"])

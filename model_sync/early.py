@@ -1,0 +1,174 @@
+"""The `model-sync` command's entry point: start the SSH handshake before
+Python has loaded the rest of model-sync.
+
+A handshake costs ~0.2 s and loading click, yaml and our modules ~0.1 s; done
+one after the other they are most of a `diff` or `list`. So before importing
+anything heavy, this reads the servers the command names from argv and, for
+each one whose connection was made before with the same config files,
+starts that same ControlMaster ssh at once (its argv is cached). When the
+command then opens the server, hosts.RemoteHost.connect() adopts it only if
+the argv it would use itself is identical; otherwise it closes it and
+connects as usual. Nothing is contacted that the command line does not name.
+Only the standard library is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+# Subcommands that connect to the servers in their positional arguments.
+COMMANDS = {"push", "pull", "diff", "verify", "list", "versions", "prune"}
+# Options that take a value, so the next word is not a positional argument
+# (tests/test_quickstart.py checks this against the click tree).
+VALUE_OPTIONS = {"--config", "--format", "--exclude", "--include", "--bwlimit", "--streams", "--gpu",
+                 "--filter", "--sort", "--model", "--keep", "--timeout"}
+CONTROL = "@CONTROL@"  # where the control socket path goes in a cached argv
+
+_started: dict[str, tuple[list[str], subprocess.Popen, str]] = {}  # alias -> (argv, ssh, control)
+
+
+def cache_file() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "model-sync", "connections.json")
+
+
+def stamp(config_path: str) -> list:
+    """What the cached argv depends on: the config file and ~/.ssh/config."""
+    out: list = [os.path.abspath(config_path)]
+    for path in (config_path, os.path.join(os.path.expanduser("~"), ".ssh", "config")):
+        try:
+            st = os.stat(path)
+            out += [st.st_mtime_ns, st.st_size]
+        except OSError:
+            out += [None, None]
+    return out
+
+
+def remember(config_path: str, alias: str, argv: list[str], control: str) -> None:
+    """Record the argv that connected to `alias` (called after a connect)."""
+    path = cache_file()
+    data, now = _load(path), stamp(config_path)
+    if data.get("stamp") != now:
+        data = {"stamp": now}
+    template = [a.replace(control, CONTROL) for a in argv]
+    if (data.get("hosts") or {}).get(alias) == template:
+        return
+    data.setdefault("hosts", {})[alias] = template
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only an optimisation
+
+
+def _load(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def named_servers(argv: list[str], known) -> tuple[str | None, list[str]]:
+    """(the --config given, the known aliases the command's positional
+    arguments name as `alias:path` or `alias`)."""
+    config, command, names = None, None, []
+    i, positional_only = 0, False
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if not positional_only and word == "--":
+            positional_only = True
+            continue
+        if not positional_only and word.startswith("-"):
+            name = word.split("=", 1)[0]
+            if name in VALUE_OPTIONS and "=" not in word:
+                if name == "--config" and i < len(argv):
+                    config = argv[i]
+                i += 1
+            elif name == "--config":
+                config = word.split("=", 1)[1]
+            continue
+        if command is None:
+            command = word
+            continue
+        alias, sep, _ = word.partition(":")
+        if alias in known and alias not in names and (sep or not os.path.exists(word)):
+            names.append(alias)
+    return config, (names if command in COMMANDS else [])
+
+
+def start(argv: list[str]) -> None:
+    cached = _load(cache_file())
+    hosts = cached.get("hosts") or {}
+    if not hosts:
+        return
+    config, aliases = named_servers(argv, hosts)
+    config = config or os.environ.get("MODEL_SYNC_CONFIG") or os.path.join(os.path.expanduser("~"),
+                                                                          ".model-sync.yaml")
+    if not aliases or cached.get("stamp") != stamp(os.path.expanduser(config)):
+        return
+    for alias in aliases:
+        directory = tempfile.mkdtemp(prefix="model-sync-", dir=socket_dir())
+        control = os.path.join(directory, "ssh")
+        cmd = [a.replace(CONTROL, control) for a in hosts[alias]]
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+        except OSError:
+            shutil.rmtree(directory, ignore_errors=True)
+            continue
+        _started[alias] = (cmd, proc, control)
+    if _started:
+        import atexit
+
+        atexit.register(_close_unclaimed)
+
+
+def take(alias: str) -> tuple[list[str], subprocess.Popen, str] | None:
+    """The connection started for `alias`, for RemoteHost.connect() to adopt."""
+    return _started.pop(alias, None)
+
+
+def discard(started: tuple[list[str], subprocess.Popen, str]) -> None:
+    """Close a started connection nobody uses, and remove its directory."""
+    _, proc, control = started
+    try:
+        if proc.wait(timeout=60) == 0:
+            subprocess.run(["ssh", "-F", "none", "-o", "ControlPath=" + control, "-O", "exit", "model-sync"],
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(os.path.dirname(control), ignore_errors=True)
+
+
+def _close_unclaimed() -> None:
+    while _started:
+        discard(_started.popitem()[1])
+
+
+def socket_dir() -> str:
+    """A short directory for the control socket (a socket path is capped at
+    about 100 bytes): $TMPDIR when it is short enough, else /tmp."""
+    tmp = tempfile.gettempdir()
+    return tmp if len(tmp) <= 60 else "/tmp"
+
+
+def main() -> None:
+    start(sys.argv[1:])
+    from .cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
