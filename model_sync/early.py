@@ -21,8 +21,11 @@ import subprocess
 import sys
 import tempfile
 
-# Subcommands that connect to the servers in their positional arguments.
-COMMANDS = {"push", "pull", "diff", "verify", "list", "versions", "prune"}
+# Which positional arguments name a server, per subcommand, as cli.py's
+# warm-up reads them: (position, a bare alias counts) - else only `alias:path`.
+SERVER_ARGS = {"push": ((1, True),), "verify": ((1, True),), "pull": ((0, False),),
+               "diff": ((0, False), (1, True)), "list": ((0, True),), "versions": ((0, True),),
+               "prune": ((0, True),)}
 # Options that take a value, so the next word is not a positional argument
 # (tests/test_quickstart.py checks this against the click tree).
 VALUE_OPTIONS = {"--config", "--format", "--exclude", "--include", "--bwlimit", "--streams", "--gpu",
@@ -49,16 +52,23 @@ def stamp(config_path: str) -> list:
     return out
 
 
-def remember(config_path: str, alias: str, argv: list[str], control: str) -> None:
-    """Record the argv that connected to `alias` (called after a connect)."""
+def remember(config_path: str, alias: str, argv: list[str], control: str,
+             resolution: tuple[tuple[str, ...], str]) -> None:
+    """Record the argv that connected to `alias` (called after a connect),
+    with the `ssh -G` run (argv and output) it was built from."""
     path = cache_file()
     data, now = _load(path), stamp(config_path)
     if data.get("stamp") != now:
         data = {"stamp": now}
-    template = [a.replace(control, CONTROL) for a in argv]
-    if (data.get("hosts") or {}).get(alias) == template:
+    entry = {"argv": [a.replace(control, CONTROL) for a in argv],
+             "resolve": [list(resolution[0]), resolution[1]]}
+    if not resolution[0] or (data.get("hosts") or {}).get(alias) == entry:
         return
-    data.setdefault("hosts", {})[alias] = template
+    data.setdefault("hosts", {})[alias] = entry
+    _save(path, data)
+
+
+def _save(path: str, data: dict) -> None:
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
@@ -79,32 +89,49 @@ def _load(path: str) -> dict:
 
 
 def named_servers(argv: list[str], known) -> tuple[str | None, list[str]]:
-    """(the --config given, the known aliases the command's positional
-    arguments name as `alias:path` or `alias`)."""
-    config, command, names = None, None, []
+    """(the --config given, the known aliases the command's server arguments
+    name: `alias:path`, or a bare alias where the command takes one)."""
+    config, words = None, []
     i, positional_only = 0, False
     while i < len(argv):
         word = argv[i]
         i += 1
         if not positional_only and word == "--":
             positional_only = True
-            continue
-        if not positional_only and word.startswith("-"):
-            name = word.split("=", 1)[0]
-            if name in VALUE_OPTIONS and "=" not in word:
-                if name == "--config" and i < len(argv):
-                    config = argv[i]
+        elif not positional_only and word in ("-h", "--help", "--version"):
+            return config, []
+        elif not positional_only and word.startswith("-"):
+            name, eq, value = word.partition("=")
+            if name in VALUE_OPTIONS and not eq:
+                value = argv[i] if i < len(argv) else ""
                 i += 1
-            elif name == "--config":
-                config = word.split("=", 1)[1]
-            continue
-        if command is None:
-            command = word
-            continue
-        alias, sep, _ = word.partition(":")
-        if alias in known and alias not in names and (sep or not os.path.exists(word)):
-            names.append(alias)
-    return config, (names if command in COMMANDS else [])
+            if name == "--config":
+                config = value
+        else:
+            words.append(word)
+    if not words or words[0] not in SERVER_ARGS:
+        return config, []
+    names = []
+    for pos, bare in SERVER_ARGS[words[0]]:
+        if pos + 1 < len(words):
+            alias, sep, _ = words[pos + 1].partition(":")
+            if alias in known and (sep or bare) and alias not in names:
+                names.append(alias)
+    return config, names
+
+
+def resolves_as_before(entry: dict) -> bool:
+    """The server's `ssh -G` gives what it gave when the argv was cached:
+    every file ssh reads is in it (Include, Match, /etc/ssh/ssh_config), so
+    a HostName, Port or User changed anywhere shows."""
+    argv, before = entry.get("resolve") or ([], None)
+    if not argv or before is None:
+        return False
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0 and res.stdout == before
 
 
 def start(argv: list[str]) -> None:
@@ -118,9 +145,15 @@ def start(argv: list[str]) -> None:
     if not aliases or cached.get("stamp") != stamp(os.path.expanduser(config)):
         return
     for alias in aliases:
+        entry = hosts[alias] if isinstance(hosts[alias], dict) else {}
+        template = entry.get("argv")
+        if not template or not resolves_as_before(entry):
+            hosts.pop(alias, None)  # ssh's view changed: the next connect records it afresh
+            _save(cache_file(), cached)
+            continue
         directory = tempfile.mkdtemp(prefix="model-sync-", dir=socket_dir())
         control = os.path.join(directory, "ssh")
-        cmd = [a.replace(CONTROL, control) for a in hosts[alias]]
+        cmd = [a.replace(CONTROL, control) for a in template]
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE)
@@ -144,11 +177,35 @@ def discard(started: tuple[list[str], subprocess.Popen, str]) -> None:
     _, proc, control = started
     try:
         if proc.wait(timeout=60) == 0:
-            subprocess.run(["ssh", "-F", "none", "-o", "ControlPath=" + control, "-O", "exit", "model-sync"],
-                           capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+            stop_master(control)
     except subprocess.TimeoutExpired:
         proc.kill()
     shutil.rmtree(os.path.dirname(control), ignore_errors=True)
+
+
+def control_option(control: str) -> str:
+    """`ControlPath=...` as ssh reads it: % doubled, quoted if it has spaces."""
+    value = control.replace("%", "%%")
+    return "ControlPath=" + (f'"{value}"' if any(c.isspace() for c in value) else value)
+
+
+def stop_master(control: str) -> None:
+    """End the master serving `control` (and any session still on it): ask
+    it to exit; if it will not, signal it (its pid from `-O check`)."""
+    def ask(op: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ssh", "-F", "none", "-o", control_option(control), "-O", op, "model-sync"],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+
+    if ask("exit").returncode == 0:
+        return
+    pid = ask("check").stderr.partition("pid=")[2].partition(")")[0]
+    if pid.isdigit():
+        import signal
+
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except OSError:
+            pass
 
 
 def _close_unclaimed() -> None:

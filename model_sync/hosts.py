@@ -253,7 +253,7 @@ class RemoteHost:
                 raise ssh_error(t, _text(proc.stderr))
             self._control = control
             if self.config_path:
-                early.remember(str(self.config_path), self.alias, argv, control)
+                early.remember(str(self.config_path), self.alias, argv, control, t.resolution)
             return control
 
     def _adopt(self, proc: subprocess.Popen, control: str) -> str:
@@ -277,9 +277,7 @@ class RemoteHost:
             self._conn = None
         with self._connecting:
             if self._control is not None:
-                # ends the master (and any session still on it)
-                subprocess.run(["ssh", "-F", "none", "-o", "ControlPath=" + self._control, "-O", "exit",
-                                self.target.host], capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+                early.stop_master(self._control)
                 shutil.rmtree(os.path.dirname(self._control), ignore_errors=True)
                 self._control = None
 
@@ -317,7 +315,10 @@ class RemoteHost:
         `stale_after` seconds, so a re-run is not locked out for hours.
         `then` runs once the lock is held (same round trip); the block gets
         its output."""
-        busy = 'echo BUSY; flock 9 || exit 4' if wait else 'echo BUSY; exit 75'
+        # while queued: give up when our end closes (stdin EOF), so an
+        # interrupted run leaves no waiter behind that would take the lock later
+        busy = ('echo BUSY; while ! flock -w 2 9; do if command -v timeout >/dev/null 2>&1; then '
+                'timeout 1 head -c 1 >/dev/null; [ $? -eq 124 ] || exit 4; fi; done') if wait else 'echo BUSY; exit 75'
         lock_dir = remote_path_expr(posixpath.dirname(path) or ".")
         # markers with a random token: the `then` output may hold any file name
         token = os.urandom(8).hex()
@@ -330,7 +331,7 @@ class RemoteHost:
         script = (f"mkdir -p -- {lock_dir} && exec 9>>{remote_path_expr(path)} || exit 3\n"
                   f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"
                   f"if ! flock -n 9; then {busy}; fi\n"
-                  f"owner={remote_path_expr(owner)}; trap 'rm -f -- \"$owner\"' EXIT; trap 'exit 1' HUP INT TERM\n"
+                  f"owner={remote_path_expr(owner)}; trap 'rm -f -- \"$owner\"' EXIT; trap 'exit 1' HUP INT TERM PIPE\n"
                   f": > \"$owner\"\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
         proc = subprocess.Popen(self._ssh(f"sh -c {shlex.quote(script)}"), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -344,6 +345,7 @@ class RemoteHost:
             err = _text(b"".join(err_chunks)).strip()
             return f"exit {code}" + (f": {err.splitlines()[-1]}" if err else "")
 
+        locked = False
         try:
             out = proc.stdout
             while True:
@@ -352,6 +354,7 @@ class RemoteHost:
                     raise RemoteError(self.alias, f"cannot take the lock {path} ({failed_exit()})")
                 line = raw.decode("utf-8", "replace").strip()
                 if line == "LOCKED":
+                    locked = True
                     break
                 if line == "BUSY" and wait:
                     if on_wait:
@@ -383,10 +386,12 @@ class RemoteHost:
             finally:
                 beating.set()
         finally:
-            # end of input lets the holder go; wait a little so the lock is
-            # free when we return
+            # end of input lets the holder go (a waiter in the queue gives up
+            # on it too); wait a little so the lock is free when we return
             with contextlib.suppress(OSError):
                 proc.stdin.close()
+            if not locked:  # interrupted while queued: nothing to wait for
+                stop_process_group(proc, grace=1)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -12,8 +12,10 @@ import hashlib
 import re
 import shlex
 import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import RemoteError
@@ -224,7 +226,9 @@ def hash_with_script(host, root: str, paths: list[str], method: str) -> dict[str
 def _collect(host, root: str, res, names: list[str], out: dict[str, str]) -> None:
     """Hashes from a hashing command's output: "HASH  ./name" lines (the
     tools' own form) or "INDEX HASH" lines (into `names`)."""
-    if res.exit_code == 3 or (res.exit_code != 0 and not res.stdout):
+    # xargs exits 123 when a hasher failed on some file (one that is gone):
+    # those are left out, as documented; anything else without output failed
+    if res.exit_code == 3 or (res.exit_code not in (0, 123) and not res.stdout):
         raise RemoteError(host.alias, f"hashing under {root} failed: {res.stderr.strip() or res.exit_code}",
                           res.exit_code, res.stderr)
     wanted = set(names)
@@ -265,13 +269,23 @@ def chunked(items: list[str], limit: int = _CHUNK, overhead: int = 8):
         yield chunk
 
 
+@lru_cache(maxsize=1)
+def _local_xxhsum() -> bool:
+    """xxhsum here, new enough for -H2 (xxh3-128 arrived in 0.8)."""
+    if not shutil.which("xxhsum"):
+        return False
+    res = subprocess.run(["xxhsum", "-V"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    m = re.search(r"(\d+)\.(\d+)\.\d+", res.stdout + res.stderr)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (0, 8)
+
+
 def hash_files(host, root: str, paths: list[str], method: str) -> dict[str, str]:
     """Hashes of `paths` under `root` on `host`; missing files are left out."""
     if not paths:
         return {}
     if host.is_local:
         base = Path(root).expanduser()
-        if method == "xxhsum" and shutil.which("xxhsum"):
+        if method == "xxhsum" and _local_xxhsum():
             # xxhsum in C beats Python threads on many small files, and is
             # the same tool the server side runs
             return hash_with_script(host, str(base), paths, method)

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import Config, ServerConfig
+from .early import control_option
 from .errors import ConfigError, UsageError
 
 
@@ -57,6 +58,7 @@ class SshTarget:
     connect_timeout: int
     files: SshFiles
     options: tuple[tuple[str, str], ...]  # the user's extra -o options
+    resolution: tuple[tuple[str, ...], str] = ((), "")  # the `ssh -G` run that resolved it, and its output
 
     @property
     def known_hosts_name(self) -> str:
@@ -103,7 +105,7 @@ class SshTarget:
             # ssh expands %-tokens in ProxyCommand once; inner hops keep theirs
             argv += ["-o", "ProxyCommand=" + shlex.join(proxy).replace("%", "%%")]
         if control:
-            argv += ["-o", "ControlMaster=no", "-o", "ControlPath=" + _ssh_quote(control.replace("%", "%%"))]
+            argv += ["-o", "ControlMaster=no", "-o", control_option(control)]
         argv.append(self.host)
         return argv
 
@@ -112,7 +114,7 @@ class SshTarget:
         to the background (-f) serving `control`. It leaves by itself `idle`
         seconds after its last session, should we die without closing it."""
         argv = self.ssh_argv(fast=True)
-        argv[-1:-1] = ["-o", "ControlMaster=yes", "-o", "ControlPath=" + _ssh_quote(control.replace("%", "%%")),
+        argv[-1:-1] = ["-o", "ControlMaster=yes", "-o", control_option(control),
                        "-o", f"ControlPersist={idle}", "-o", "ServerAliveInterval=15", "-N", "-f"]
         return argv
 
@@ -178,8 +180,13 @@ def resolve(server: ServerConfig, config: Config) -> SshTarget:
         if not Path(key).is_file():
             raise ConfigError(config.path, f"servers.{server.alias}.ssh_key: {key} does not exist; "
                                            "fix the path or create a key with ssh-keygen")
-    values = _ssh_g(server.host, server.user, server.port, key,
-                    str(files.config) if files.config else "none", server.ssh_options)
+    g_argv = _ssh_g_argv(server.host, server.user, server.port, key,
+                         str(files.config) if files.config else "none", server.ssh_options)
+    g_output = _ssh_g(g_argv)
+    values: dict[str, list[str]] = {}
+    for line in g_output.splitlines():
+        key_, _, value = line.partition(" ")
+        values.setdefault(key_.lower(), []).append(value)
     idents = tuple(_expand(p, files.home) for p in values.get("identityfile", []))
     if key is None:
         # Defaults OpenSSH would try: keep only those that exist, as ssh does.
@@ -205,6 +212,7 @@ def resolve(server: ServerConfig, config: Config) -> SshTarget:
         connect_timeout=config.defaults.connect_timeout,
         files=files,
         options=server.ssh_options,
+        resolution=(g_argv, g_output),
     )
 
 
@@ -221,9 +229,8 @@ def _config_mentions_identity(values: dict[str, list[str]]) -> bool:
     return any(p not in _DEFAULT_IDENTITIES for p in values.get("identityfile", []))
 
 
-@lru_cache(maxsize=64)
-def _ssh_g(host: str, user: str | None, port: int | None, key: str | None, config_file: str,
-           options: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
+def _ssh_g_argv(host: str, user: str | None, port: int | None, key: str | None, config_file: str,
+                options: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     argv = ["ssh", "-T", "-G", "-F", config_file]
     if user:
         argv += ["-o", f"User={user}"]
@@ -233,16 +240,18 @@ def _ssh_g(host: str, user: str | None, port: int | None, key: str | None, confi
         argv += ["-o", "IdentityFile=" + _ssh_quote(key)]
     for k, v in options:
         argv += ["-o", f"{k}={v}"]
-    argv += ["--", host]
+    return tuple(argv + ["--", host])
+
+
+@lru_cache(maxsize=64)
+def _ssh_g(argv: tuple[str, ...]) -> str:
+    """What OpenSSH makes of a host (`ssh -G`: every file it reads, Include
+    and Match included)."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise UsageError("the OpenSSH client 'ssh' is not installed; install it (apt-get install openssh-client)") from None
     if proc.returncode != 0:
         msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "ssh -G failed"
-        raise UsageError(f"cannot resolve SSH settings for '{host}': {msg}")
-    values: dict[str, list[str]] = {}
-    for line in proc.stdout.splitlines():
-        key_, _, value = line.partition(" ")
-        values.setdefault(key_.lower(), []).append(value)
-    return values
+        raise UsageError(f"cannot resolve SSH settings for '{argv[-1]}': {msg}")
+    return proc.stdout

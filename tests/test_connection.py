@@ -81,24 +81,34 @@ def test_connection_errors_name_the_fix(cli, bed, tmp_path, args):
 def test_entry_point_starts_the_connection_early_and_only_if_it_matches(cli, bed):
     import json
 
+    ssh_dir = bed.home / ".ssh"
+    (ssh_dir / "conf.d").mkdir()
+    (ssh_dir / "conf.d" / "extra").write_text("Host *\n  ServerAliveCountMax 4\n")
+    (ssh_dir / "config").write_text(f"Include {ssh_dir}/conf.d/*\n")
     cache = bed.home / ".cache" / "model-sync" / "connections.json"
     assert cli("list", "bed").returncode == 0  # connects, and remembers how
     data = json.loads(cache.read_text())
-    assert "ControlPath=@CONTROL@" in data["hosts"]["bed"]
+    assert "ControlPath=@CONTROL@" in data["hosts"]["bed"]["argv"]
     before = _logins(bed)
     assert cli("list", "bed").returncode == 0  # started by the entry point, adopted: one handshake
     assert _logins(bed) - before == 1
     # an argv that is not what the command would use is started (the entry
     # point cannot know) but never adopted: closed, and a proper connection made
-    data["hosts"]["bed"][1:1] = ["-o", "ConnectTimeout=7"]
+    data["hosts"]["bed"]["argv"][1:1] = ["-o", "ConnectTimeout=7"]
     cache.write_text(json.dumps(data))
     before = _logins(bed)
     assert cli("list", "bed").returncode == 0
     assert _logins(bed) - before == 2
-    # an edited config makes the cache stale: nothing starts early
-    cache.write_text(json.dumps(data))
+    # a change anywhere ssh reads its config (here an Include'd file) is seen
+    # before connecting: nothing starts early, and the entry is recorded afresh
+    assert cli("list", "bed").returncode == 0  # back to the proper argv
+    (ssh_dir / "conf.d" / "extra").write_text("Host *\n  ServerAliveCountMax 5\n")
+    before = _logins(bed)
+    assert cli("list", "bed").returncode == 0
+    assert _logins(bed) - before == 1
+    assert "serveralivecountmax 5" in json.loads(cache.read_text())["hosts"]["bed"]["resolve"][1]
+    # an edited model-sync config makes the whole cache stale
     bed.write_config(bed.config.read_text() + "\n")
     before = _logins(bed)
     assert cli("list", "bed").returncode == 0
     assert _logins(bed) - before == 1
-    assert "ConnectTimeout=7" not in cache.read_text()  # rewritten for the new config

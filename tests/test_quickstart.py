@@ -73,3 +73,8 @@ def test_early_reads_servers_from_argv(tmp_path, monkeypatch):
     assert named_servers(["list", "--filter=reaper", "doomfist"], known) == (None, ["doomfist"])
     assert named_servers(["exec", "doomfist", "ls"], known) == (None, [])  # exec: Fabric, not early
     assert named_servers(["--json", "versions", "--", "doomfist"], known) == (None, ["doomfist"])
+    # only where the command takes a server, as the CLI reads it
+    assert named_servers(["pull", "doomfist:ASR@latest", "reaper"], known) == (None, ["doomfist"])
+    assert named_servers(["push", "reaper:v1", "doomfist"], known) == (None, ["doomfist"])
+    assert named_servers(["diff", "reaper", "doomfist"], known) == (None, ["doomfist"])
+    assert named_servers(["push", "--help", "./m", "reaper"], known) == (None, [])

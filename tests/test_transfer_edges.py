@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,33 @@ def test_streams_option(bed, tmp_path):
         res, doc = push_json(str(src), f"bed:m{n}", "--streams", n)
         assert res.returncode == 0 and doc["verified"] is True, res.stderr
         assert (bed.remote_base / f"m{n}" / "b.bin").read_bytes() == (src / "b.bin").read_bytes()
+
+
+def test_interrupted_while_queued_for_the_lock_leaves_no_waiter(bed, tmp_path):
+    src = make_model(tmp_path / "src" / "m", {"a.bin": b"a"})
+    assert push_json(str(src), "bed")[0].returncode == 0
+    (src / "a.bin").write_bytes(b"a2")  # something to send, so the push needs the lock
+    held, release, t, host = _hold_lock_then(bed, "m", None)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "model_sync.cli", "push", str(src), "bed"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        for line in proc.stderr:
+            if line.startswith("waiting"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+    finally:
+        release.set()
+        t.join()
+        host.close()
+    # the queued waiter on the server gave up with its session: it never takes
+    # the lock after the holder lets go, so no owner file is left behind
+    lock_dir = bed.remote_base
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and subprocess.run(
+            ["pgrep", "-f", "flock -w 2 9"], capture_output=True).returncode == 0:
+        time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", "flock -w 2 9"], capture_output=True).returncode == 1
+    assert glob.glob(str(lock_dir / ".m.model-sync-lock.owner-*")) == []
+    assert (bed.remote_base / "m" / "a.bin").read_bytes() == b"a"  # nothing was published
