@@ -213,7 +213,7 @@ class RemoteHost:
         return f"{t.user}@{t.hostname}" + ("" if t.port == 22 else f":{t.port}")
 
     # -- connection -------------------------------------------------------
-    def _connect_early(self) -> None:
+    def _connect_in_background(self) -> None:
         try:
             self.connect()
         except Exception as exc:  # kept for the command's own connect() to raise
@@ -601,7 +601,7 @@ def warm_up(alias: str, config: Config) -> None:
         import atexit
 
         atexit.register(_close_unclaimed)
-    threading.Thread(target=host._connect_early, daemon=True).start()
+    threading.Thread(target=host._connect_in_background, daemon=True).start()
 
 
 def _close_unclaimed() -> None:

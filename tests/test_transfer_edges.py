@@ -17,6 +17,17 @@ from conftest import run_cli
 from test_transfer import make_model, push_json, tree
 
 
+def _push_until_queued(*args):
+    """Start model-sync (args as on its command line) and return once it
+    says it is waiting for the destination's lock."""
+    proc = subprocess.Popen([sys.executable, "-m", "model_sync.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    for line in proc.stderr:
+        if line.startswith("waiting"):
+            break
+    return proc
+
+
 def _hold_lock_then(bed, name, action):
     """Hold the destination's lock, start a push that waits for it, do
     `action` while it waits, then let it go; returns the push's result."""
@@ -92,11 +103,7 @@ def test_delete_after_waiting_for_the_lock(bed, tmp_path):
     dest = bed.remote_base / "m"
     held, release, t, host = _hold_lock_then(bed, "m", None)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "model_sync.cli", "push", str(src), "bed", "--delete"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        for line in proc.stderr:
-            if line.startswith("waiting"):
-                break
+        proc = _push_until_queued("push", str(src), "bed", "--delete")
         (dest / "added-meanwhile.bin").write_bytes(b"from the push holding the lock")
     finally:
         release.set()
@@ -141,11 +148,7 @@ def test_a_file_added_while_waiting_is_verified(bed, tmp_path):
     src = make_model(tmp_path / "src" / "m", {"a.bin": b"a"})
     held, release, t, host = _hold_lock_then(bed, "m", None)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "model_sync.cli", "--json", "push", str(src), "bed"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        for line in proc.stderr:
-            if line.startswith("waiting"):
-                break
+        proc = _push_until_queued("--json", "push", str(src), "bed")
         (src / "late.bin").write_bytes(b"written while waiting")
     finally:
         release.set()
@@ -227,11 +230,7 @@ def test_interrupted_while_queued_for_the_lock_leaves_no_waiter(bed, tmp_path):
     (src / "a.bin").write_bytes(b"a2")  # something to send, so the push needs the lock
     held, release, t, host = _hold_lock_then(bed, "m", None)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "model_sync.cli", "push", str(src), "bed"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        for line in proc.stderr:
-            if line.startswith("waiting"):
-                break
+        proc = _push_until_queued("push", str(src), "bed")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
