@@ -16,7 +16,7 @@ from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, Mode
 from .naming import SORTS
 
 # model_sync.api (and what it pulls in) is imported inside the commands, after
-# warm_up() has started the SSH handshake: the two overlap.
+# the group has started the SSH handshake (State.warm_up): the two overlap.
 
 
 class State:
@@ -37,18 +37,21 @@ class State:
     def emit(self, result) -> None:
         render.print_result(result, self.fmt)
 
-    def warm_up(self, *sides: tuple[str, bool]) -> None:
-        """Start connecting to the servers these (spec, bare-alias-ok) sides name."""
+    def warm_up(self, argv: list[str]) -> None:
+        """Start connecting to the servers the command line names (the rule
+        the entry point uses too: early.SERVER_ARGS) while the command loads."""
+        from .early import named_servers
         from .hosts import warm_up
-        from .paths import server_of
 
+        candidates = named_servers(argv)[1]
+        if not candidates:
+            return
         try:
             config = self.config
         except ModelSyncError:
             return  # reported when the command reads the config
-        for spec, bare in sides:
-            alias = server_of(spec, config.servers, bare)
-            if alias:
+        for alias in candidates:
+            if alias in config.servers:
                 warm_up(alias, config)
 
 
@@ -72,6 +75,10 @@ def output_options(fn):
 
 class Group(click.Group):
     """Turns model-sync errors into one line and a documented exit code."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["model_sync.argv"] = list(args)  # for State.warm_up
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -114,6 +121,7 @@ def cli(ctx, config_path, json_, fmt, verbose):
       model-sync exec reaper "df -h"
     """
     ctx.obj = State(config_path, "json" if json_ else fmt, verbose)
+    ctx.obj.warm_up(ctx.meta.get("model_sync.argv", []))
 
 
 @cli.command()
@@ -289,7 +297,6 @@ def push(state: State, local_path, destination, resume, strict, **kw):
       model-sync push ./RTX3090_N2501_LANGDETECTOR_250715 reaper
       model-sync push ./langdetector-v1 reaper:langdetector/v1 --dry-run
     """
-    state.warm_up((destination, True))
     from . import api
 
     _transfer_command(state, f"Syncing {local_path} to {destination} ...",
@@ -316,7 +323,6 @@ def pull(state: State, source, local_path, resume, gpu, **kw):
       model-sync pull doomfist:ASR@latest ./models/
       model-sync pull doomfist:ASR@250820 ./models/ --gpu RTX3090
     """
-    state.warm_up((source, False))
     from . import api
 
     _transfer_command(state, f"Pulling {source} to {local_path} ...",
@@ -338,7 +344,6 @@ def verify(state: State, local_path, destination, gpu):
       model-sync verify ./RTX3090_N2501_LANGDETECTOR_250715 reaper
       model-sync verify ./models/RTX3090_N2501_ASR_250820 doomfist:ASR@latest
     """
-    state.warm_up((destination, True))
     from . import api
 
     result = api.verify(local_path, destination, state.config, gpu=gpu, on_resolve=_resolved)
@@ -369,7 +374,6 @@ def diff(state: State, left, right, checksum, gpu):
       model-sync diff reaper:RTX3090_N2501_ASR_250820 doomfist
       model-sync diff doomfist:ASR@latest ./models/RTX3090_N2501_ASR_250820
     """
-    state.warm_up((left, False), (right, True))
     from . import api
 
     try:
@@ -409,7 +413,6 @@ def list_(state: State, server, filter_, sort):
       model-sync list doomfist --filter asr --sort version
       model-sync list reaper --filter 'RTX3090_*_ASR_*' --json
     """
-    state.warm_up((server, True))
     from . import api
 
     state.emit(api.list_models(server, state.config, filter=filter_, sort=sort))
@@ -429,7 +432,6 @@ def versions(state: State, server, model, gpu):
       model-sync versions doomfist
       model-sync versions doomfist --model ASR --gpu RTX3090
     """
-    state.warm_up((server, True))
     from . import api
 
     state.emit(api.versions(server, state.config, model=model, gpu=gpu))
@@ -455,7 +457,6 @@ def prune(state: State, server, model, keep, gpu, yes):
       model-sync prune reaper --model LANGDETECTOR --keep 3
       model-sync prune reaper --model LANGDETECTOR --keep 3 --yes
     """
-    state.warm_up((server, True))
     from . import api
 
     result = api.prune(server, model, keep, state.config, gpu=gpu, yes=yes)

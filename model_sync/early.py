@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 
-# Which positional arguments name a server, per subcommand, as cli.py's
-# warm-up reads them: (position, a bare alias counts) - else only `alias:path`.
+# Which positional arguments name a server, per subcommand (the one rule for
+# starting connections early, here and in cli.State.warm_up): (position, a
+# bare alias counts) - else only `alias:path`.
 SERVER_ARGS = {"push": ((1, True),), "verify": ((1, True),), "pull": ((0, False),),
                "diff": ((0, False), (1, True)), "list": ((0, True),), "versions": ((0, True),),
                "prune": ((0, True),)}
@@ -88,9 +89,10 @@ def _load(path: str) -> dict:
         return {}
 
 
-def named_servers(argv: list[str], known) -> tuple[str | None, list[str]]:
-    """(the --config given, the known aliases the command's server arguments
-    name: `alias:path`, or a bare alias where the command takes one)."""
+def named_servers(argv: list[str], known=None) -> tuple[str | None, list[str]]:
+    """(the --config given, the aliases the command's server arguments name:
+    `alias:path`, or a bare alias where the command takes one). With `known`,
+    only those aliases; without, every word in such a place."""
     config, words = None, []
     i, positional_only = 0, False
     while i < len(argv):
@@ -115,7 +117,7 @@ def named_servers(argv: list[str], known) -> tuple[str | None, list[str]]:
     for pos, bare in SERVER_ARGS[words[0]]:
         if pos + 1 < len(words):
             alias, sep, _ = words[pos + 1].partition(":")
-            if alias in known and (sep or bare) and alias not in names:
+            if (known is None or alias in known) and (sep or bare) and alias not in names:
                 names.append(alias)
     return config, names
 

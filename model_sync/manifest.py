@@ -246,8 +246,9 @@ def _plain_name(p: str) -> bool:
     return not any(c in p for c in "\n\r\\")
 
 
-_HEX = re.compile(r"[0-9a-fA-F]{32}(?:[0-9a-fA-F]{32})?")  # xxh3-128 or sha256
-_MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{32}(?:[0-9a-fA-F]{32})?)  (.*)$", re.M)
+_HASH = r"[0-9a-fA-F]{32}(?:[0-9a-fA-F]{32})?"  # xxh3-128 or sha256, in hex
+_HEX = re.compile(_HASH)
+_MANIFEST_LINE = re.compile(rf"^({_HASH})  (.*)$", re.M)
 
 
 def _is_hex(s: str) -> bool:

@@ -34,9 +34,3 @@ def under(base: str, path: str | None, alias: str, default_name: str | None = No
     p = relative_or_absolute(path, alias, default_name)
     return p if p.startswith("/") else posixpath.join(base.rstrip("/") or "/", p)
 
-
-def server_of(spec: str, servers, bare: bool) -> str | None:
-    """The configured server a command-line side names: `alias:path`, or (where
-    `bare`) the alias alone; else None (a local path). Never raises."""
-    alias, sep, _ = spec.partition(":")
-    return alias if alias in servers and (sep or bare) else None

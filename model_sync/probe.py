@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .hosts import remote_path_expr
 
@@ -95,7 +95,7 @@ class TargetState:
     is_link: bool = False
     is_other: bool = False  # exists but is not a directory
     target_files: dict | None = None  # the target's own listing, when asked for both
-    dirs: dict | None = None  # directories of the listed copy -> mode
+    dirs: dict = field(default_factory=dict)  # directories of the listed copy -> mode
 
 
 def parse_state(out: str, path: str) -> TargetState:

@@ -255,7 +255,7 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
                 local_abs = os.path.join(local_abs, posixpath.basename(rpath))
             _, local_state = inspect(here, local_abs, use_stage=True)
             _check_destination(alias, local_abs, local_state, None)
-            src = _Side(server, rpath, tree=remote.files, dirs=remote.dirs or {})
+            src = _Side(server, rpath, tree=remote.files, dirs=remote.dirs)
             dst = _Side(here, local_abs, state=local_state)
         if server.is_local:  # both ends on this machine: neither may hold the other
             a, b = os.path.realpath(src.path), os.path.realpath(dst.path)
@@ -268,7 +268,8 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
                                   destination=_show(dst, server_side, alias), files=0, bytes=0,
                                   seconds=round(time.monotonic() - start, 3), verified=None, algorithm=None,
                                   up_to_date=True)
-        return _transfer(direction, alias, src, dst, server_side, opts, method, progress, on_item, on_wait, cancel)
+        return _transfer(direction, alias, src, dst, server_side, opts, method, progress, on_item, on_wait, cancel,
+                         start)
     finally:
         if host is None:
             server.close()
@@ -284,7 +285,7 @@ def _up_to_date(src: _Side, dst: TargetState, opts: TransferOptions) -> bool:
     compared (publishing ignores directory-time-only changes too)."""
     if opts.dry_run or opts.excludes or opts.includes or not dst.is_dir or dst.stage_is_dir or dst.is_link:
         return False
-    have, have_dirs = dst.files, dst.dirs or {}
+    have, have_dirs = dst.files, dst.dirs
     for path, f in src.tree.items():
         g = have.get(path)
         if g is None or not f.same_quick(g) or (f.kind == "f" and f.mode != g.mode):
@@ -326,8 +327,8 @@ def _plan(src: _Side, dst: _Side, ropts: RsyncOptions, rsh, cancel) -> list[Plan
 
 
 def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts: TransferOptions, method,
-              progress, on_item, on_wait, cancel) -> TransferResult:
-    start = time.monotonic()
+              progress, on_item, on_wait, cancel,
+              start: float) -> TransferResult:
     algorithm = SHA256 if method == "sha256" else XXH128
     parent, dst.stage, lock, old = _dest_paths(dst.path)
     rsh = _rsh(src, dst)

@@ -1,6 +1,7 @@
 """Second-review regressions: each scenario below once published a wrong
 tree, deleted something unconfirmed, or claimed a verification it never did."""
 
+import contextlib
 import glob
 import json
 import os
@@ -17,20 +18,11 @@ from conftest import run_cli
 from test_transfer import make_model, push_json, tree
 
 
-def _push_until_queued(*args):
-    """Start model-sync (args as on its command line) and return once it
-    says it is waiting for the destination's lock."""
-    proc = subprocess.Popen([sys.executable, "-m", "model_sync.cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    for line in proc.stderr:
-        if line.startswith("waiting"):
-            break
-    return proc
-
-
-def _hold_lock_then(bed, name, action):
-    """Hold the destination's lock, start a push that waits for it, do
-    `action` while it waits, then let it go; returns the push's result."""
+@contextlib.contextmanager
+def _queued_push(bed, name, *args):
+    """Hold the destination's lock, start model-sync (args as on its command
+    line) and yield it once it says it waits for that lock; let the lock go
+    when the block ends."""
     from model_sync.config import load_config
     from model_sync.hosts import open_host
 
@@ -46,12 +38,16 @@ def _hold_lock_then(bed, name, action):
     t.start()
     try:
         assert held.wait(15)
-        return held, release, t, host
-    except BaseException:
+        proc = subprocess.Popen([sys.executable, "-m", "model_sync.cli", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        for line in proc.stderr:
+            if line.startswith("waiting"):
+                break
+        yield proc
+    finally:
         release.set()
         t.join()
         host.close()
-        raise
 
 
 def test_symlink_and_new_directory_changes_are_published(bed, tmp_path):
@@ -101,14 +97,8 @@ def test_delete_after_waiting_for_the_lock(bed, tmp_path):
     assert push_json(str(src), "bed")[0].returncode == 0
     (src / "a.bin").write_bytes(b"a2")  # something to send: an up-to-date push would not need the lock
     dest = bed.remote_base / "m"
-    held, release, t, host = _hold_lock_then(bed, "m", None)
-    try:
-        proc = _push_until_queued("push", str(src), "bed", "--delete")
+    with _queued_push(bed, "m", "push", str(src), "bed", "--delete") as proc:
         (dest / "added-meanwhile.bin").write_bytes(b"from the push holding the lock")
-    finally:
-        release.set()
-        t.join()
-        host.close()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "added-meanwhile.bin" in err
     assert (dest / "added-meanwhile.bin").exists()
@@ -146,14 +136,8 @@ def test_tilde_server_paths_are_refused(bed, model_dir=None, tmp_path=None):
 
 def test_a_file_added_while_waiting_is_verified(bed, tmp_path):
     src = make_model(tmp_path / "src" / "m", {"a.bin": b"a"})
-    held, release, t, host = _hold_lock_then(bed, "m", None)
-    try:
-        proc = _push_until_queued("--json", "push", str(src), "bed")
+    with _queued_push(bed, "m", "--json", "push", str(src), "bed") as proc:
         (src / "late.bin").write_bytes(b"written while waiting")
-    finally:
-        release.set()
-        t.join()
-        host.close()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     doc = json.loads(out)
@@ -228,16 +212,10 @@ def test_interrupted_while_queued_for_the_lock_leaves_no_waiter(bed, tmp_path):
     src = make_model(tmp_path / "src" / "m", {"a.bin": b"a"})
     assert push_json(str(src), "bed")[0].returncode == 0
     (src / "a.bin").write_bytes(b"a2")  # something to send, so the push needs the lock
-    held, release, t, host = _hold_lock_then(bed, "m", None)
-    try:
-        proc = _push_until_queued("push", str(src), "bed")
+    with _queued_push(bed, "m", "push", str(src), "bed") as proc:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
-    finally:
-        release.set()
-        t.join()
-        host.close()
     # the queued waiter on the server gave up with its session: it never takes
     # the lock after the holder lets go, so no owner file is left behind
     lock_dir = bed.remote_base
