@@ -477,8 +477,11 @@ def mcp(state: State):
     Example (in an MCP client's config):
       {"command": "model-sync", "args": ["mcp"]}
     """
+    import gc
+
     from .mcp_server import serve
 
+    gc.enable()  # a server runs for hours (early.main turned it off for short commands)
     serve(config_path=state.config_path)
 
 

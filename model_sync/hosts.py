@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import Config, ServerConfig
 from .errors import ConnectError, HostKeyError, ModelSyncError, RemoteError, UsageError
@@ -100,8 +101,9 @@ class LocalHost:
     def model_base(self) -> str:
         return os.path.expanduser(self.server.model_base)
 
-    def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None) -> CommandResult:
-        return self._run(["sh", "-c", script], timeout, capture=True, stdin=stdin)
+    def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None,
+               on_output: Callable[[bytes], None] | None = None) -> CommandResult:
+        return run_process(["sh", "-c", script], timeout, True, stdin, on_output)
 
     def shell(self, command: str, timeout: float | None = None, capture: bool = False) -> CommandResult:
         shell = os.environ.get("SHELL") or "/bin/sh"
@@ -148,16 +150,23 @@ class LockBusy(ModelSyncError):
 
 
 def run_process(argv: list[str], timeout: float | None, capture: bool = True,
-                stdin: bytes | None = None) -> CommandResult:
+                stdin: bytes | None = None, on_output: Callable[[bytes], None] | None = None) -> CommandResult:
     """Run argv in its own process group; on timeout or interruption the
-    whole group is stopped (exit 124 for a timeout)."""
+    whole group is stopped (exit 124 for a timeout). With `on_output`, stdout
+    goes to it chunk by chunk as it arrives (and the result's stdout is
+    empty), so a caller can parse a long listing while it is still coming."""
+    if on_output is not None and (stdin is not None or not capture):
+        raise ValueError("on_output reads stdout itself: no stdin, and capture on")
     start = time.monotonic()
     pipe = subprocess.PIPE if capture else None
     proc = subprocess.Popen(argv, stdout=pipe, stderr=pipe,
                             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        out, err = proc.communicate(input=stdin, timeout=timeout)
+        if on_output is None:
+            out, err = proc.communicate(input=stdin, timeout=timeout)
+        else:
+            out, err = b"", _pump(proc, timeout, on_output)
     except subprocess.TimeoutExpired:
         stop_process_group(proc)
         out, err = proc.communicate()
@@ -166,6 +175,34 @@ def run_process(argv: list[str], timeout: float | None, capture: bool = True,
         stop_process_group(proc)
         raise
     return CommandResult(proc.returncode, _text(out), _text(err), time.monotonic() - start)
+
+
+def _pump(proc: subprocess.Popen, timeout: float | None, on_output: Callable[[bytes], None]) -> bytes:
+    """Hand stdout to on_output as it comes, collect stderr; returns stderr
+    once both pipes close and the process has exited."""
+    import selectors
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    err = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while sel.get_map():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 1 << 16)
+                if not data:
+                    sel.unregister(key.fileobj)
+                elif key.fileobj is proc.stdout:
+                    on_output(data)
+                else:
+                    err += data
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
+    return bytes(err)
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 3) -> None:
@@ -239,7 +276,7 @@ class RemoteHost:
             control = os.path.join(directory, "ssh")
             argv = t.master_argv(control, MASTER_IDLE)
             try:
-                proc = subprocess.run(argv, capture_output=True,
+                proc = subprocess.run(argv, capture_output=True, env=early.master_env(),
                                       stdin=subprocess.DEVNULL, timeout=2 * t.connect_timeout + 10)
             except FileNotFoundError:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -291,8 +328,11 @@ class RemoteHost:
         return self.target.ssh_argv(self.connect()) + [command]
 
     # -- running ----------------------------------------------------------
-    def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None) -> CommandResult:
-        res = run_process(self._ssh(f"sh -c {shlex.quote(script)}"), timeout, True, stdin)
+    def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None,
+               on_output: Callable[[bytes], None] | None = None) -> CommandResult:
+        """Run a POSIX sh script on the server (one session of the shared
+        connection); `on_output` as in run_process."""
+        res = run_process(self._ssh(f"sh -c {shlex.quote(script)}"), timeout, True, stdin, on_output)
         if res.exit_code == 255:  # ssh's own failure (our scripts never exit 255)
             lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
             raise ConnectError(self.alias, "connection lost: " + (lines[-1] if lines else "ssh exited with 255"))

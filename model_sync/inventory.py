@@ -11,7 +11,9 @@ time is `du --time`'s, the newest mtime anywhere in the directory."""
 
 from __future__ import annotations
 
+import collections
 import fnmatch
+import functools
 import os
 import posixpath
 import re
@@ -381,17 +383,18 @@ class DiffResult:
 
     __json_properties__ = ("same", "new", "modified", "remote_only", "identical")
 
-    def _count(self, status: str) -> int:
-        return sum(1 for e in self.entries if e.status == status)
+    @functools.cached_property
+    def _counts(self) -> collections.Counter:
+        return collections.Counter(e.status for e in self.entries)
 
-    same = property(lambda self: self._count("same"))
-    new = property(lambda self: self._count("new"))
-    modified = property(lambda self: self._count("modified"))
-    remote_only = property(lambda self: self._count("remote only"))
+    same = property(lambda self: self._counts["same"])
+    new = property(lambda self: self._counts["new"])
+    modified = property(lambda self: self._counts["modified"])
+    remote_only = property(lambda self: self._counts["remote only"])
 
     @property
     def identical(self) -> bool:
-        return all(e.status == "same" for e in self.entries) and self.left.exists == self.right.exists
+        return self.same == len(self.entries) and self.left.exists == self.right.exists
 
     @property
     def name(self) -> str:
@@ -460,8 +463,8 @@ def diff(left: str, right: str, config: Config, checksum: bool = False, gpu: str
             if tree.exists and not tree.is_dir:
                 raise UsageError(f"{side.display} is not a directory; diff compares model directories")
             side.exists = tree.exists
-            side.files = sum(1 for f in tree.files.values() if f.kind == "f")
-            side.bytes = sum(f.size for f in tree.files.values() if f.kind == "f")
+            sizes = [f.size for f in tree.files.values() if f.kind == "f"]
+            side.files, side.bytes = len(sizes), sum(sizes)
         if not lside.exists and (lside.server is None or not rside.exists):
             missing = lside if not lside.exists else rside
             raise UsageError(f"{missing.display} does not exist" +
@@ -509,21 +512,30 @@ def _checksums(lhost, rhost, lside: DiffSide, rside: DiffSide, ltree: SideTree, 
 
 
 def _compare(ltree: SideTree, rtree: SideTree, hashes: tuple[dict[str, str], dict[str, str]] | None) -> list[DiffEntry]:
-    entries = []
-    for path in sorted(set(ltree.files) | set(rtree.files)):
-        a, b = ltree.files.get(path), rtree.files.get(path)
+    # one pass over tens of thousands of paths: the common cases inline
+    lfiles, rfiles = ltree.files, rtree.files
+    entries: list[DiffEntry] = []
+    add = entries.append
+    for path in sorted(lfiles.keys() | rfiles.keys()):
+        a, b = lfiles.get(path), rfiles.get(path)
         if b is None:
-            status = "new"
-        elif a is None:
-            status = "remote only"
-        elif hashes is None or a.kind != "f" or b.kind != "f" or a.size != b.size:
-            same = a.same_quick(b) if hashes is None else (a.kind == b.kind and a.kind == "l" and a.target == b.target)
-            status = "same" if same else "modified"
+            add(DiffEntry(path, "new", a.size, None, a.mtime, None, a.kind))
+            continue
+        if a is None:
+            add(DiffEntry(path, "remote only", None, b.size, None, b.mtime, b.kind))
+            continue
+        if a.kind != b.kind:
+            same = False
+        elif a.kind == "l":
+            same = a.target == b.target
+        elif a.size != b.size:
+            same = False
+        elif hashes is None:
+            same = a.mtime == b.mtime
         else:
-            ha, hb = hashes[0].get(path), hashes[1].get(path)
-            status = "same" if ha is not None and ha == hb else "modified"
-        entries.append(DiffEntry(path, status, _size(a), _size(b), a.mtime if a else None, b.mtime if b else None,
-                                 (a or b).kind))
+            ha = hashes[0].get(path)
+            same = ha is not None and ha == hashes[1].get(path)
+        add(DiffEntry(path, "same" if same else "modified", a.size, b.size, a.mtime, b.mtime, a.kind))
     return entries
 
 

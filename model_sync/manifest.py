@@ -8,6 +8,7 @@ own format, so `cd MODEL && xxhsum -c .model-sync.xxh128` checks a copy."""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 import shlex
@@ -95,21 +96,21 @@ fi
 
 def list_tree(host, root: str) -> Tree:
     """Every file and symlink under root, with size and mtime, and the
-    directory's manifest, in one round trip."""
+    directory's manifest, in one round trip. The listing is parsed while it
+    arrives (tens of thousands of records: most of the parsing is done by the
+    time the server finishes)."""
     from .hosts import remote_path_expr
 
+    reader = ListingReader()
     res = host.script(_LIST.format(root=remote_path_expr(root), find=FIND_FILES, manifest=MANIFEST_NAME),
-                      timeout=600)
-    out = res.stdout
-    if not out.startswith(("OK", "MISSING", "NOTDIR")):
+                      timeout=600, on_output=reader.feed)
+    head, files, dirs, rest = reader.finish()
+    if head not in ("OK", "MISSING", "NOTDIR"):
         raise RemoteError(host.alias, f"cannot list {root}: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
                           res.exit_code, res.stderr)
-    if out.startswith("MISSING"):
-        return Tree(root, exists=False, is_dir=False)
-    if out.startswith("NOTDIR"):
-        return Tree(root, exists=True, is_dir=False)
-    tree = Tree(root, exists=True)
-    tree.files, rest = parse_listing(out[3:], tree.dirs)
+    if head != "OK":
+        return Tree(root, exists=head == "NOTDIR", is_dir=False)
+    tree = Tree(root, exists=True, files=files, dirs=dirs)
     if rest.startswith("MANIFEST "):
         head, _, text = rest.partition("\n")
         try:
@@ -120,6 +121,62 @@ def list_tree(host, root: str) -> Tree:
     return tree
 
 
+_KINDS = ("f ", "l ", "d ")  # how a FIND_FILES record begins
+
+
+class ListingReader:
+    """_LIST's output, fed in chunks as they arrive: its first line (OK,
+    MISSING or NOTDIR), then FIND_FILES records, parsed as soon as each is
+    complete, then whatever text follows them."""
+
+    def __init__(self):
+        self._decode = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode
+        self.head: str | None = None
+        self.files: dict[str, FileEntry] = {}
+        self.dirs: dict[str, int] = {}
+        self._pending = ""  # text not parsed yet: starts at a record boundary
+        self._rest: list[str] | None = None  # the text after the records, once they have ended
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        text = self._decode(chunk, final)
+        if self._rest is not None:
+            self._rest.append(text)
+            return
+        data = self._pending + text
+        if self.head is None:
+            if "\n" not in data and not final:
+                self._pending = data
+                return
+            self.head, _, data = data.partition("\n")
+        # records are two NUL-terminated fields: parse up to the last complete one
+        cut = len(data) if final else _after_pairs(data)
+        files, rest = parse_listing(data[:cut], self.dirs)
+        self.files.update(files)
+        tail = data[cut:]
+        if not rest and len(tail) >= 2 and tail[:2] not in _KINDS:
+            rest, tail = tail, ""  # what follows the records has begun
+        if rest or final:
+            self._rest = [rest, tail]
+            self._pending = ""
+        else:
+            self._pending = tail
+
+    def finish(self) -> tuple[str, dict[str, FileEntry], dict[str, int], str]:
+        """(first line, files, directories, text after the records)."""
+        self.feed(b"", final=True)
+        return self.head or "", self.files, self.dirs, "".join(self._rest or ())
+
+
+def _after_pairs(data: str) -> int:
+    """The index just after the last complete pair of NUL-terminated fields."""
+    last = data.rfind("\0")
+    if last < 0:
+        return 0
+    if data.count("\0") % 2:  # an odd number: the last NUL ends a first field
+        last = data.rfind("\0", 0, last)
+    return last + 1
+
+
 def parse_listing(data: str, dirs: dict[str, int] | None = None) -> tuple[dict[str, FileEntry], str]:
     """FIND_FILES records, up to the first thing that is not one; returns the
     files and symlinks, and the rest of the text. Directories go into `dirs`
@@ -127,7 +184,7 @@ def parse_listing(data: str, dirs: dict[str, int] | None = None) -> tuple[dict[s
     parts = data.split("\0")
     files: dict[str, FileEntry] = {}
     i = 0
-    while i < len(parts) - 1 and parts[i][:2] in ("f ", "l ", "d "):
+    while i < len(parts) - 1 and parts[i][:2] in _KINDS:
         kind, size, mtime, mode, path = parts[i].split(" ", 4)
         if kind == "d":
             if dirs is not None:
