@@ -132,6 +132,15 @@ class Bench:
     # -- set-up ---------------------------------------------------------------------
     def setup(self):
         w = self.work
+        # bytecode for every module, as pip writes it at install time: with
+        # PYTHONDONTWRITEBYTECODE set, an edited module would otherwise be
+        # compiled again on every run of model-sync
+        with open(shutil.which(MS) or MS, "rb") as fh:  # a console script: '#!<its python>'
+            python = fh.readline()[2:].decode().strip()
+        pkg = subprocess.run([python, "-c",
+                              "import model_sync, os; print(os.path.dirname(model_sync.__file__))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run([sys.executable, "-m", "compileall", "-q", pkg], check=True)
         bed = start_sshd(w / "sshd")
         self.stops.append(bed.stop)
         self.bed = bed
