@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -272,7 +271,7 @@ class RemoteHost:
                 if argv == t.master_argv(control, MASTER_IDLE):
                     return self._adopt(proc, control)
                 early.discard(started)
-            directory = tempfile.mkdtemp(prefix="model-sync-", dir=early.socket_dir())
+            directory = early.private_dir()
             control = os.path.join(directory, "ssh")
             argv = t.master_argv(control, MASTER_IDLE)
             try:
@@ -298,7 +297,7 @@ class RemoteHost:
         t = self.target
         try:
             _, err = proc.communicate(timeout=2 * t.connect_timeout + 10)
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             proc.kill()
             shutil.rmtree(os.path.dirname(control), ignore_errors=True)
             raise ConnectError(t.alias, _msg_timeout(t)) from None

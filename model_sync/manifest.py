@@ -80,13 +80,15 @@ FIND_FILES = (r"find . -mindepth 1 -name {partial} -prune -o \( -type f -o -type
 
 # The listing and, in the same round trip, the manifest's mtime and text (stat
 # before cat: a manifest replaced in between reads as older, never newer).
+# Framed as SectionReader reads it.
 _LIST = r"""
 root={root}
-if [ ! -e "$root" ]; then echo MISSING; exit 0; fi
-if [ ! -d "$root" ]; then echo NOTDIR; exit 0; fi
+if [ ! -e "$root" ]; then printf 'MISSING\n@@DATA\n'; exit 0; fi
+if [ ! -d "$root" ]; then printf 'NOTDIR\n@@DATA\n'; exit 0; fi
 cd -- "$root" || exit 3
-printf 'OK\n'
+printf 'OK\n@@DATA\n@@LIST tree\0\0'
 {find}
+printf '@@END\0\0'
 m=./{manifest}
 if [ -f "$m" ] && [ ! -L "$m" ]; then
   find "$m" -maxdepth 0 -printf 'MANIFEST %T@\n' && tr -d '\000' < "$m"
@@ -96,25 +98,23 @@ fi
 
 def list_tree(host, root: str) -> Tree:
     """Every file and symlink under root, with size and mtime, and the
-    directory's manifest, in one round trip. The listing is parsed while it
-    arrives (tens of thousands of records: most of the parsing is done by the
-    time the server finishes)."""
+    directory's manifest, in one round trip."""
     from .hosts import remote_path_expr
 
-    reader = ListingReader()
+    reader = SectionReader()
     res = host.script(_LIST.format(root=remote_path_expr(root), find=FIND_FILES, manifest=MANIFEST_NAME),
                       timeout=600, on_output=reader.feed)
-    head, files, dirs, rest = reader.finish()
-    if head not in ("OK", "MISSING", "NOTDIR"):
+    head, lists, dirs, rest = reader.finish()
+    if head not in ("OK", "MISSING", "NOTDIR") or (head == "OK" and "tree" not in lists):
         raise RemoteError(host.alias, f"cannot list {root}: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
                           res.exit_code, res.stderr)
     if head != "OK":
         return Tree(root, exists=head == "NOTDIR", is_dir=False)
-    tree = Tree(root, exists=True, files=files, dirs=dirs)
+    tree = Tree(root, exists=True, files=lists["tree"], dirs=dirs["tree"])
     if rest.startswith("MANIFEST "):
-        head, _, text = rest.partition("\n")
+        line, _, text = rest.partition("\n")
         try:
-            tree.manifest_mtime = int(float(head.split()[1]))
+            tree.manifest_mtime = int(float(line.split()[1]))
             tree.manifest = parse_manifest(text)
         except (IndexError, ValueError):
             pass
@@ -122,49 +122,79 @@ def list_tree(host, root: str) -> Tree:
 
 
 _KINDS = ("f ", "l ", "d ")  # how a FIND_FILES record begins
+_OPEN, _CLOSE = "@@LIST ", "@@END\0\0"
 
 
-class ListingReader:
-    """_LIST's output, fed in chunks as they arrive: its first line (OK,
-    MISSING or NOTDIR), then FIND_FILES records, parsed as soon as each is
-    complete, then whatever text follows them."""
+class SectionReader:
+    """The output of our listing scripts, fed in chunks as it arrives: a text
+    head ending in a "@@DATA" line; then listings, each opened by an "@@LIST
+    name" record and closed by "@@END" (no file name can fake either: none is
+    empty or holds a NUL); then any text. Records are parsed as soon as each
+    is complete, so with tens of thousands of them most of the parsing is
+    done by the time the server finishes."""
 
-    def __init__(self):
+    MARK = "\n@@DATA\n"
+
+    def __init__(self, on_head=None):
         self._decode = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode
         self.head: str | None = None
-        self.files: dict[str, FileEntry] = {}
-        self.dirs: dict[str, int] = {}
-        self._pending = ""  # text not parsed yet: starts at a record boundary
-        self._rest: list[str] | None = None  # the text after the records, once they have ended
+        self._on_head = on_head  # called with the head as soon as it is complete
+        self.head_value = None  # what on_head returned
+        self.lists: dict[str, dict[str, FileEntry]] = {}
+        self.dirs: dict[str, dict[str, int]] = {}
+        self._section: str | None = None  # the listing being read
+        self._pending = ""  # received, not consumed yet
+        self._tail: list[str] | None = None  # the text after the listings
 
     def feed(self, chunk: bytes, final: bool = False) -> None:
-        text = self._decode(chunk, final)
-        if self._rest is not None:
-            self._rest.append(text)
-            return
-        data = self._pending + text
-        if self.head is None:
-            if "\n" not in data and not final:
-                self._pending = data
-                return
-            self.head, _, data = data.partition("\n")
-        # records are two NUL-terminated fields: parse up to the last complete one
-        cut = len(data) if final else _after_pairs(data)
-        files, rest = parse_listing(data[:cut], self.dirs)
-        self.files.update(files)
-        tail = data[cut:]
-        if not rest and len(tail) >= 2 and tail[:2] not in _KINDS:
-            rest, tail = tail, ""  # what follows the records has begun
-        if rest or final:
-            self._rest = [rest, tail]
-            self._pending = ""
-        else:
-            self._pending = tail
+        self.feed_text(self._decode(chunk, final), final)
 
-    def finish(self) -> tuple[str, dict[str, FileEntry], dict[str, int], str]:
-        """(first line, files, directories, text after the records)."""
+    def feed_text(self, text: str, final: bool = False) -> None:
+        if self._tail is not None:
+            self._tail.append(text)
+            return
+        data, self._pending = self._pending + text, ""
+        while True:
+            if self.head is None:
+                head, sep, rest = data.partition(self.MARK)
+                if not sep:
+                    self._pending = data
+                    return
+                self.head, data = head, rest
+                if self._on_head is not None:  # e.g. a manifest to parse while the listing comes
+                    self.head_value = self._on_head(head)
+            elif self._section is None:
+                name, sep, rest = data[len(_OPEN):].partition("\0\0")
+                if data.startswith(_OPEN) and sep:
+                    self._section, data = name, rest
+                    self.lists[name], self.dirs[name] = {}, {}
+                elif not final and (_OPEN.startswith(data) or data.startswith(_OPEN)):
+                    self._pending = data  # the opening record is not complete yet
+                    return
+                else:
+                    self._tail = [data]
+                    return
+            else:
+                # records are two NUL-terminated fields: up to the last complete one
+                cut = len(data) if final else _after_pairs(data)
+                files, rest = parse_listing(data[:cut], self.dirs[self._section])
+                self.lists[self._section].update(files)
+                rest += data[cut:]
+                if rest.startswith(_CLOSE):
+                    self._section, data = None, rest[len(_CLOSE):]
+                elif not final and (len(rest) < 2 or rest[:2] in _KINDS or _CLOSE.startswith(rest)):
+                    self._pending = rest  # a record or the closing one, not complete yet
+                    return
+                else:  # cut short: what is there is kept, the listing counts as unfinished
+                    self.lists.pop(self._section)
+                    self._tail = [rest]
+                    return
+
+    def finish(self) -> tuple[str | None, dict[str, dict[str, FileEntry]], dict[str, dict[str, int]], str]:
+        """(head, listings by name, their directories, the text after them);
+        the head is None when the "@@DATA" line never came."""
         self.feed(b"", final=True)
-        return self.head or "", self.files, self.dirs, "".join(self._rest or ())
+        return self.head, self.lists, self.dirs, "".join(self._tail or ())
 
 
 def _after_pairs(data: str) -> int:

@@ -10,31 +10,32 @@ from dataclasses import dataclass, field
 
 from .hosts import remote_path_expr
 
-# Each line is `key=value`; values are read as data, never run.
-_PROBE = r"""
-base={base}
-printf 'rsync=%s\n' "$(rsync --version 2>/dev/null | head -n 1)"
-if command -v xxhsum >/dev/null 2>&1; then printf 'xxhsum=%s\n' "$(xxhsum -V 2>&1 | head -n 1)"; fi
+# Each line is `key=value`; values are read as data, never run. First lines
+# and last lines are cut by the shell, not by head/tail: every process costs
+# a fork on the server, and a transfer starts with this script.
+_NL = "nl='\n'\n"
+_PROBE = _NL + r"""base={base}
+v=$(rsync --version 2>/dev/null); printf 'rsync=%s\n' "${{v%%$nl*}}"
+if command -v xxhsum >/dev/null 2>&1; then v=$(xxhsum -V 2>&1); printf 'xxhsum=%s\n' "${{v%%$nl*}}"; fi
 {pycheck}printf 'pyxxhash=%s\n' "$(python3 -c 'import xxhash; print(xxhash.VERSION)' 2>/dev/null)"
 if [ -d "$base" ]; then echo base_exists=1; else echo base_exists=0; fi
 printf 'base_abs=%s\n' "$base"
 p=$base
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
-printf 'df=%s\n' "$(df -Pk -- "$p" 2>/dev/null | tail -n 1)"
+v=$(df -Pk -- "$p" 2>/dev/null); printf 'df=%s\n' "${{v##*$nl}}"
 """
 
 # The state of one model directory (a transfer's target) and of its staging
 # copy. Text first (key=value lines, then the manifest), then NUL-separated
 # listings, each opened by an "@@LIST name" record and closed by "@@END":
 # no file name can fake either, as no name is empty or contains NUL.
-_STATE = r"""
-target={target}; stage={stage}
+_STATE = _NL + r"""target={target}; stage={stage}
 if [ -L "$target" ]; then echo target_link=1; fi
 if [ -d "$target" ]; then echo target_dir=1; elif [ -e "$target" ]; then echo target_other=1; fi
 if [ -d "$stage" ]; then echo stage_dir=1; fi
 p=$(dirname -- "$target")
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
-printf 'target_df=%s\n' "$(df -Pk -- "$p" 2>/dev/null | tail -n 1)"
+v=$(df -Pk -- "$p" 2>/dev/null); printf 'target_df=%s\n' "${{v##*$nl}}"
 look="$target"
 if [ {use_stage} = 1 ] && [ -d "$stage" ]; then look="$stage"; fi
 if [ -f "$look/{manifest}" ]; then echo MANIFEST-BEGIN; cat -- "$look/{manifest}"; echo; echo MANIFEST-END; fi
@@ -98,44 +99,51 @@ class TargetState:
     dirs: dict = field(default_factory=dict)  # directories of the listed copy -> mode
 
 
-def parse_state(out: str, path: str) -> TargetState:
+def parse_state(out: str, path: str, both: bool = False) -> TargetState:
+    """TargetState from the whole output of state_script."""
+    reader = state_reader()
+    reader.feed_text(out)
+    return state_from(reader, path, both)
+
+
+def state_reader():
+    """A SectionReader for state_script's output that reads the head (facts
+    and manifest) as soon as it is complete, while the listing still comes."""
+    from .manifest import SectionReader
+
+    return SectionReader(on_head=_read_head)
+
+
+def _read_head(head: str) -> tuple[dict[str, str], dict[str, str], str]:
+    """(key=value lines, manifest, the text before the manifest)."""
     from .manifest import parse_manifest
 
-    head, sep, data = out.partition("\n@@DATA\n")
-    if not sep:
-        raise ValueError("no @@DATA section")
-    head, _, rest = head.partition("\nMANIFEST-BEGIN\n")
+    text, _, rest = head.partition("\nMANIFEST-BEGIN\n")
     manifest_text, _, _ = rest.partition("\nMANIFEST-END")
-    values = dict(line.partition("=")[::2] for line in head.splitlines() if "=" in line)
+    values = dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
+    return values, parse_manifest(manifest_text), text
+
+
+def state_from(reader, path: str, both: bool = False) -> TargetState:
+    """TargetState from a state_reader() that read state_script's output
+    (`both`: it was asked for the target's own listing too)."""
+    head, lists, dirs, _ = reader.finish()
+    if head is None or "look" not in lists or (both and "target" not in lists):
+        raise ValueError("the listing was cut short")
+    values, manifest, _ = reader.head_value
     fields = values.get("target_df", "").split()
-    dirs: dict[str, dict] = {}
-    lists = parse_sections(data, dirs)
     return TargetState(
         path=path,
         is_dir=values.get("target_dir") == "1",
         stage_is_dir=values.get("stage_dir") == "1",
         free_bytes=int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None,
-        manifest=parse_manifest(manifest_text),
-        files=lists.get("look", {}),
+        manifest=manifest,
+        files=lists["look"],
         is_link=values.get("target_link") == "1",
         is_other=values.get("target_other") == "1",
         target_files=lists.get("target"),
-        dirs=dirs.get("look", {}),
+        dirs=dirs["look"],
     )
-
-
-def parse_sections(data: str, dirs: dict[str, dict] | None = None) -> dict[str, dict]:
-    """Listings, each opened by an "@@LIST name" record and closed by "@@END";
-    each listing's directories go into dirs[name] when `dirs` is given."""
-    from .manifest import parse_listing
-
-    out: dict[str, dict] = {}
-    rest = data
-    while rest.startswith("@@LIST "):
-        name, _, rest = rest[7:].partition("\0\0")
-        out[name], rest = parse_listing(rest, None if dirs is None else dirs.setdefault(name, {}))
-        rest = rest.removeprefix("@@END\0\0")
-    return out
 
 
 def target_expr(path: str) -> str:
@@ -170,11 +178,13 @@ def inspect(host, path: str, use_stage: bool) -> tuple[HostFacts, TargetState]:
     target = target_expr(path)
     stage = target_expr(sibling(path, STAGING_SUFFIX))
     script = probe_script(host.server.model_base, full=False) + state_script(target, stage, use_stage, both=False)
-    res = host.script(script, timeout=600)
-    facts = parse_probe(res.stdout.partition("\n@@DATA\n")[0])
+    reader = state_reader()  # parses while the output arrives
+    res = host.script(script, timeout=600, on_output=reader.feed)
     try:
+        reader.finish()
+        facts = parse_probe(reader.head_value[2] if reader.head_value else "")
         abs_path = absolute(facts, path)
-        state = parse_state(res.stdout, abs_path)
+        state = state_from(reader, abs_path)
     except ValueError:
         why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exit_code}"
         raise RemoteError(host.alias, f"cannot inspect {path} on the server: {why}", res.exit_code, res.stderr) \

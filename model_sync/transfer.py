@@ -286,12 +286,18 @@ def _up_to_date(src: _Side, dst: TargetState, opts: TransferOptions) -> bool:
     if opts.dry_run or opts.excludes or opts.includes or not dst.is_dir or dst.stage_is_dir or dst.is_link:
         return False
     have, have_dirs = dst.files, dst.dirs
-    for path, f in src.tree.items():
+    # the manifest keeps a hash of every published file: an incomplete one is completed
+    manifest = dst.manifest if opts.verify else None
+    for path, f in src.tree.items():  # tens of thousands: FileEntry.same_quick inlined
         g = have.get(path)
-        if g is None or not f.same_quick(g) or (f.kind == "f" and f.mode != g.mode):
+        if g is None or f.kind != g.kind:
             return False
-        if opts.verify and f.kind == "f" and path not in dst.manifest:
-            return False  # the manifest keeps a hash of every published file: complete it
+        if f.kind == "l":
+            if f.target != g.target:
+                return False
+        elif f.size != g.size or f.mtime != g.mtime or f.mode != g.mode or (
+                manifest is not None and path not in manifest):
+            return False
     if any(have_dirs.get(d) != mode for d, mode in src.dirs.items()):
         return False
     return not opts.delete or (have.keys() <= src.tree.keys() and have_dirs.keys() <= src.dirs.keys())
@@ -377,7 +383,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         if how == "dest-symlink" or how == "dest-not-dir":
             _check_destination(alias, result.destination, TargetState(
                 dst.path, False, False, None, {}, {}, is_link=how == "dest-symlink", is_other=True), None)
-        now = parse_state(rest, dst.path)
+        now = parse_state(rest, dst.path, both=True)
         staged = dict(now.files)  # the stage, as it is before rsync
         published = now.target_files or {}
         # what an older stage holds that neither the source nor the published

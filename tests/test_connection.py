@@ -79,15 +79,15 @@ def test_connection_errors_name_the_fix(cli, bed, tmp_path, args):
 
 
 def test_entry_point_starts_the_connection_early_and_only_if_it_matches(cli, bed):
-    import json
+    from model_sync.early import _load, _save
 
     ssh_dir = bed.home / ".ssh"
     (ssh_dir / "conf.d").mkdir()
     (ssh_dir / "conf.d" / "extra").write_text("Host *\n  ServerAliveCountMax 4\n")
     (ssh_dir / "config").write_text(f"Include {ssh_dir}/conf.d/*\n")
-    cache = bed.home / ".cache" / "model-sync" / "connections.json"
+    cache = bed.home / ".cache" / "model-sync" / "connections.cache"
     assert cli("list", "bed").returncode == 0  # connects, and remembers how
-    data = json.loads(cache.read_text())
+    data = _load(str(cache))
     assert "ControlPath=@CONTROL@" in data["hosts"]["bed"]["argv"]
     before = _logins(bed)
     assert cli("list", "bed").returncode == 0  # started by the entry point, adopted: one handshake
@@ -95,7 +95,7 @@ def test_entry_point_starts_the_connection_early_and_only_if_it_matches(cli, bed
     # an argv that is not what the command would use is started (the entry
     # point cannot know) but never adopted: closed, and a proper connection made
     data["hosts"]["bed"]["argv"][1:1] = ["-o", "ConnectTimeout=7"]
-    cache.write_text(json.dumps(data))
+    _save(str(cache), data)
     before = _logins(bed)
     assert cli("list", "bed").returncode == 0
     assert _logins(bed) - before == 2
@@ -106,7 +106,7 @@ def test_entry_point_starts_the_connection_early_and_only_if_it_matches(cli, bed
     before = _logins(bed)
     assert cli("list", "bed").returncode == 0
     assert _logins(bed) - before == 1
-    assert "serveralivecountmax 5" in json.loads(cache.read_text())["hosts"]["bed"]["resolve"][1]
+    assert "serveralivecountmax 5" in _load(str(cache))["hosts"]["bed"]["resolve"][1]
     # an edited model-sync config makes the whole cache stale
     bed.write_config(bed.config.read_text() + "\n")
     before = _logins(bed)

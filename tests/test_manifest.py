@@ -109,3 +109,62 @@ def test_missing_or_old_rsync_is_refused_with_install_hint():
     with pytest.raises(RemoteError, match=r"has rsync 3.1.3; model-sync needs 3.2\+"):
         _check_rsync(HostFacts(rsync_version="3.1.3", **base), "reaper")
     _check_rsync(HostFacts(rsync_version="3.2.7", **base), "reaper")
+
+
+def _find_records(root) -> bytes:
+    """FIND_FILES's output for a real tree (what the server sends)."""
+    from model_sync.manifest import FIND_FILES
+
+    return subprocess.run(["sh", "-c", FIND_FILES], cwd=root, capture_output=True, check=True).stdout
+
+
+def test_section_reader_same_result_however_the_output_is_split(tmp_path):
+    """Listings are parsed while they arrive, in whatever pieces the pipe
+    gives: any split (inside a record, a marker or a UTF-8 character) must
+    read as the whole output does."""
+    import random
+
+    from model_sync.manifest import SectionReader
+
+    root = tmp_path / "m"
+    for i in range(300):
+        p = root / f"d{i % 7}" / (f"f{i}.bin" if i % 5 else f"n\u00e9\u00fc {i}\nx.bin")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * i)
+    os.symlink("d0/f1.bin", root / "link")
+    rec = _find_records(root)
+    outputs = [
+        b"rsync=x\nMANIFEST-BEGIN\n" + b"ab" * 16 + b"  a\n\nMANIFEST-END\n@@DATA\n@@LIST look\0\0" + rec
+        + b"@@END\0\0@@LIST target\0\0" + b"\0".join(rec.split(b"\0")[:20]) + b"\0@@END\0\0",
+        b"OK\n@@DATA\n@@LIST tree\0\0" + rec + b"@@END\0\0MANIFEST 12.5\n" + b"cd" * 16 + b"  f1.bin\n",
+        b"MISSING\n@@DATA\n",
+    ]
+
+    def read(chunks):
+        r = SectionReader()
+        for c in chunks:
+            r.feed(c)
+        return r.finish()
+
+    rng = random.Random(7)
+    for out in outputs:
+        whole = read([out])
+        assert whole[0] is not None
+        for _ in range(30):
+            cuts = sorted(rng.sample(range(1, len(out)), min(len(out) - 1, rng.choice([1, 5, 50, 400]))))
+            assert read([out[a:b] for a, b in zip([0] + cuts, cuts + [len(out)])]) == whole
+    head, lists, dirs, rest = read([outputs[1]])
+    assert head == "OK" and len(lists["tree"]) == 301 and set(dirs["tree"]) == {f"d{i}" for i in range(7)}
+    assert lists["tree"]["link"].target == "d0/f1.bin" and rest.startswith("MANIFEST 12.5\n")
+    assert lists["tree"]["d5/n\u00e9\u00fc 5\nx.bin"].size == 5
+
+
+def test_section_reader_drops_a_listing_cut_short():
+    """A listing without its closing record is not taken for a complete one
+    (an empty or partial listing would read as files to send or delete)."""
+    from model_sync.manifest import SectionReader
+
+    r = SectionReader()
+    r.feed(b"OK\n@@DATA\n@@LIST tree\0\0f 1 2.0 644 a\0\0f 3 4")
+    head, lists, _, _ = r.finish()
+    assert head == "OK" and "tree" not in lists
