@@ -327,11 +327,16 @@ class RemoteHost:
         return self.target.ssh_argv(self.connect()) + [command]
 
     # -- running ----------------------------------------------------------
+    def script_argv(self, script: str) -> list[str]:
+        """argv of an ssh that runs a POSIX sh script on the server, for a
+        caller that drives the process itself (e.g. streams into it)."""
+        return self._ssh(f"sh -c {shlex.quote(script)}")
+
     def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None,
                on_output: Callable[[bytes], None] | None = None) -> CommandResult:
         """Run a POSIX sh script on the server (one session of the shared
         connection); `on_output` as in run_process."""
-        res = run_process(self._ssh(f"sh -c {shlex.quote(script)}"), timeout, True, stdin, on_output)
+        res = run_process(self.script_argv(script), timeout, True, stdin, on_output)
         if res.exit_code == 255:  # ssh's own failure (our scripts never exit 255)
             lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
             raise ConnectError(self.alias, "connection lost: " + (lines[-1] if lines else "ssh exited with 255"))
@@ -372,7 +377,7 @@ class RemoteHost:
                   f"if ! flock -n 9; then {busy}; fi\n"
                   f"owner={remote_path_expr(owner)}; trap 'rm -f -- \"$owner\"' EXIT; trap 'exit 1' HUP INT TERM PIPE\n"
                   f": > \"$owner\"\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
-        proc = subprocess.Popen(self._ssh(f"sh -c {shlex.quote(script)}"), stdin=subprocess.PIPE,
+        proc = subprocess.Popen(self.script_argv(script), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         err_chunks: list[bytes] = []
         reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)

@@ -17,6 +17,7 @@ _NL = "nl='\n'\n"
 _PROBE = _NL + r"""base={base}
 v=$(rsync --version 2>/dev/null); printf 'rsync=%s\n' "${{v%%$nl*}}"
 if command -v xxhsum >/dev/null 2>&1; then v=$(xxhsum -V 2>&1); printf 'xxhsum=%s\n' "${{v%%$nl*}}"; fi
+v=$(tar --version 2>/dev/null); printf 'tar=%s\n' "${{v%%$nl*}}"
 {pycheck}printf 'pyxxhash=%s\n' "$(python3 -c 'import xxhash; print(xxhash.VERSION)' 2>/dev/null)"
 if [ -d "$base" ]; then echo base_exists=1; else echo base_exists=0; fi
 printf 'base_abs=%s\n' "$base"
@@ -69,10 +70,20 @@ class HostFacts:
     free_bytes: int | None
     base_exists: bool
     base_abs: str = ""  # model_base with ~ expanded on that host
+    tar: str | None = None  # first line of `tar --version`
 
     @property
     def rsync_ok(self) -> bool:
         return self.rsync_version is not None and _version_tuple(self.rsync_version) >= (3, 2)
+
+    @property
+    def gnu_tar(self) -> bool:
+        return bool(self.tar) and "GNU tar" in self.tar
+
+    @property
+    def xxhsum_checks(self) -> bool:
+        """xxhsum can check xxh3-128 manifests (`-c`; 0.8 or later)."""
+        return bool(self.xxhsum) and _version_tuple(self.xxhsum) >= (0, 8)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -217,6 +228,7 @@ def parse_probe(output: str) -> HostFacts:
         free_bytes=free,
         base_exists=values.get("base_exists") == "1",
         base_abs=values.get("base_abs", ""),
+        tar=values.get("tar") or None,
     )
 
 

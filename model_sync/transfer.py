@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from . import tarpush
 from .config import Config
 from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
 from .hosts import LocalHost, open_host, remote_path_expr
@@ -75,6 +76,7 @@ class TransferResult:
     deleted: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     up_to_date: bool = False  # nothing to send: the destination already matched, nothing was touched
+    via: str = "rsync"  # how the files went: "rsync", or "tar" (a new model of many small files, see tarpush)
 
     __json_properties__ = ("speed_bytes_per_s",)
 
@@ -269,7 +271,7 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
                                   seconds=round(time.monotonic() - start, 3), verified=None, algorithm=None,
                                   up_to_date=True)
         return _transfer(direction, alias, src, dst, server_side, opts, method, progress, on_item, on_wait, cancel,
-                         start)
+                         start, facts)
     finally:
         if host is None:
             server.close()
@@ -334,7 +336,7 @@ def _plan(src: _Side, dst: _Side, ropts: RsyncOptions, rsh, cancel) -> list[Plan
 
 def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts: TransferOptions, method,
               progress, on_item, on_wait, cancel,
-              start: float) -> TransferResult:
+              start: float, facts: HostFacts) -> TransferResult:
     algorithm = SHA256 if method == "sha256" else XXH128
     parent, dst.stage, lock, old = _dest_paths(dst.path)
     rsh = _rsh(src, dst)
@@ -373,6 +375,22 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         raise InsufficientSpace(f"{alias}: not enough space at {parent}: need {human_size(int(to_send * SPACE_MARGIN))}, "
                                 f"available {human_size(free)}; free some space (see 'model-sync prune') or pick another path")
     stop_if_cancelled("before the transfer")
+
+    # a new model of many small files: one tar stream (see tarpush)
+    if direction == "push" and not dst.host.is_local and tarpush.eligible(src.tree, dst.state, opts, facts, method):
+        then = tarpush.PREPARE.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(dst.stage))
+        with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as held:
+            if held.output.strip() == "fresh":  # else it appeared meanwhile: the rsync path
+                result.sent, result.bytes = tarpush.send(src, dst.host, dst.stage, dst.path, held.owner,
+                                                         opts.verify, progress, cancel)
+                result.files, result.published, result.via = len(result.sent), True, "tar"
+                if opts.verify:
+                    result.verified, result.algorithm = True, XXH128
+                if on_item:
+                    for p in result.sent:
+                        on_item(Item(">f+++++++++", src.tree[p].size, p))
+                result.seconds = round(time.monotonic() - start, 3)
+                return result
 
     # 2. under the lock: stage (clone, or resume), then look again at the stage
     # and the destination: what we act on is what is there now

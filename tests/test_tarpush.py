@@ -1,0 +1,122 @@
+"""A new model of many small files goes as one tar stream (tarpush): the
+same tree, modes, times and manifest as the rsync path would give, checked
+file by file on the server before it is published; anything else, or a
+stream that fails, publishes nothing."""
+
+import os
+import subprocess
+
+import pytest
+
+from test_transfer import push_json
+
+from model_sync import tarpush
+
+N = tarpush.MIN_FILES + 20
+
+
+def _small_model(root, n=N):
+    for i in range(n):
+        p = root / f"layer-{i % 9}" / f"t-{i:04d}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(i % 700))
+    (root / "empty").mkdir()
+    (root / "odd name -x.bin").write_bytes(b"odd")
+    os.chmod(root / "layer-3", 0o750)
+    os.chmod(root / "layer-1" / "t-0001.bin", 0o600)
+    os.symlink("layer-0/t-0000.bin", root / "latest.bin")
+    os.utime(root / "layer-2" / "t-0002.bin", (1_700_000_000, 1_700_000_000))
+    return root
+
+
+def _state(root):
+    """Every entry below root: type, size, mode, mtime (whole seconds), link target."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        rel = str(p.relative_to(root))
+        if rel == ".model-sync.xxh128":
+            continue
+        out[rel] = (p.is_symlink(), p.is_dir(), st.st_size if p.is_file() and not p.is_symlink() else 0,
+                    st.st_mode & 0o7777, int(st.st_mtime), os.readlink(p) if p.is_symlink() else None)
+    return out
+
+
+def test_new_small_file_model_goes_as_one_checked_stream(bed, tmp_path):
+    m = _small_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250715")
+    res, doc = push_json(str(m), "bed")
+    assert res.returncode == 0, res.stderr
+    assert doc["via"] == "tar" and doc["verified"] is True and doc["published"] is True
+    assert doc["files"] == N + 1 and doc["bytes"] == sum(i % 700 for i in range(N)) + 3
+    dest = bed.remote_base / m.name
+    assert _state(dest) == _state(m)
+    assert (dest.stat().st_mode & 0o777) == (m.stat().st_mode & 0o777)
+    # the manifest lists every file and is what xxhsum -c reads
+    lines = (dest / ".model-sync.xxh128").read_text().splitlines()
+    assert len(lines) == N + 1
+    check = subprocess.run(["xxhsum", "-c", "--quiet", ".model-sync.xxh128"], cwd=dest, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert not list(bed.remote_base.glob(f".{m.name}.model-sync-*ing")) and not list(dest.glob(".model-sync-end-*"))
+    # and the next push finds nothing to do
+    res, doc = push_json(str(m), "bed")
+    assert res.returncode == 0 and doc["up_to_date"] is True, res.stderr
+
+
+@pytest.mark.parametrize("case", ["few files", "filter", "existing"])
+def test_everything_else_takes_the_rsync_path(bed, tmp_path, case):
+    m = _small_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250716", n=20 if case == "few files" else N)
+    args = [str(m), "bed"]
+    if case == "filter":
+        args += ["--exclude", "*.json"]
+    if case == "existing":
+        assert push_json(*args)[1]["via"] == "tar"
+        (m / "layer-0" / "t-0000.bin").write_bytes(b"changed")
+    res, doc = push_json(*args)
+    assert res.returncode == 0, res.stderr
+    assert doc["via"] == "rsync" and doc["published"] is True
+    assert _state(bed.remote_base / m.name) == _state(m)
+
+
+def test_a_file_that_arrives_different_publishes_nothing(bed, tmp_path, monkeypatch):
+    """The server checks each file against the sender's hashes: one wrong
+    hash (as if the file had changed on the way) and nothing is published."""
+    from model_sync import api
+    from model_sync.config import load_config
+    from model_sync.errors import VerificationError
+
+    m = _small_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250717")
+    real = tarpush.hash_files
+
+    def one_wrong(host, root, paths, method):
+        got = real(host, root, paths, method)
+        got["layer-4/t-0004.bin"] = "0" * 32
+        return got
+
+    monkeypatch.setattr(tarpush, "hash_files", one_wrong)
+    with pytest.raises(VerificationError, match=r"1 file\(s\) differ.*layer-4/t-0004.bin.*nothing was published"):
+        api.push(str(m), "bed", load_config())
+    assert not (bed.remote_base / m.name).exists()
+    assert not (bed.remote_base / f".{m.name}.model-sync-staging").exists()
+
+
+def test_a_stream_cut_short_is_not_published_even_unverified(bed, tmp_path, monkeypatch):
+    """Without its end marker (the sender died, or tar failed midway) the
+    server publishes nothing, with or without verification; the next run
+    resumes over rsync from what arrived."""
+    from model_sync import api
+    from model_sync.config import load_config
+    from model_sync.errors import RemoteError
+    from model_sync.transfer import TransferOptions
+
+    m = _small_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250718")
+    real = tarpush.closing_archive
+    monkeypatch.setattr(tarpush, "closing_archive", lambda end, hashes: b"")
+    with pytest.raises(RemoteError, match="the stream was cut short"):
+        api.push(str(m), "bed", load_config(), opts=TransferOptions(verify=False))
+    assert not (bed.remote_base / m.name).exists()
+    assert (bed.remote_base / f".{m.name}.model-sync-staging").is_dir()
+    monkeypatch.setattr(tarpush, "closing_archive", real)
+    res, doc = push_json(str(m), "bed")
+    assert res.returncode == 0, res.stderr
+    assert doc["via"] == "rsync" and doc["verified"] is True
+    assert _state(bed.remote_base / m.name) == _state(m)
