@@ -357,13 +357,18 @@ def chunked(items: list[str], limit: int = _CHUNK, overhead: int = 8):
         yield chunk
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=None)
+def local_version(tool: str, flag: str = "--version") -> str:
+    """The first line `tool flag` prints here; "" when the tool is missing."""
+    if not shutil.which(tool):
+        return ""
+    res = subprocess.run([tool, flag], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return (res.stdout + res.stderr).strip().partition("\n")[0]
+
+
 def _local_xxhsum() -> bool:
     """xxhsum here, new enough for -H2 (xxh3-128 arrived in 0.8)."""
-    if not shutil.which("xxhsum"):
-        return False
-    res = subprocess.run(["xxhsum", "-V"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    m = re.search(r"(\d+)\.(\d+)\.\d+", res.stdout + res.stderr)
+    m = re.search(r"(\d+)\.(\d+)\.\d+", local_version("xxhsum", "-V"))
     return bool(m) and (int(m.group(1)), int(m.group(2))) >= (0, 8)
 
 

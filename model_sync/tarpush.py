@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
 import time
-from functools import lru_cache
 
 from .errors import ModelSyncError, RemoteError, VerificationError
 from .hosts import remote_path_expr, stop_process_group
-from .manifest import MANIFEST_NAME, XXH128, hash_files, manifest_text
+from .manifest import MANIFEST_NAME, local_version, manifest_text
 
 MIN_FILES = 500  # below this, rsync's per-file cost is small
 MAX_MEAN_SIZE = 1 << 20  # larger files: parallel rsync streams do better over latency
@@ -63,13 +61,9 @@ echo PUBLISHED
 """
 
 
-@lru_cache(maxsize=1)
 def local_gnu_tar() -> bool:
     """GNU tar here (we use its --null, --verbatim-files-from and -i)."""
-    if not shutil.which("tar"):
-        return False
-    res = subprocess.run(["tar", "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    return res.returncode == 0 and "GNU tar" in res.stdout.partition("\n")[0]
+    return "GNU tar" in local_version("tar")
 
 
 def eligible(tree: dict, dst_state, opts, facts, method: str) -> bool:
@@ -124,19 +118,8 @@ def send(src, host, stage: str, dest: str, owner: str, verify: bool, progress, c
     total = sum(src.tree[p].size for p in files)
     # "." first (the directory's own mode and time), then parents before children
     names = ["."] + ["./" + p for p in sorted(list(src.dirs) + list(src.tree))]
-    hashes: dict[str, str] = {}
-    failure: list[BaseException] = []
     end = f".model-sync-end-{os.urandom(8).hex()}"
-
-    def hash_here():
-        try:
-            hashes.update(hash_files(src.host, src.path, files, "xxhsum"))
-        except BaseException as exc:  # raised in the caller's thread
-            failure.append(exc)
-
-    hasher = threading.Thread(target=hash_here, daemon=True)
-    if verify:
-        hasher.start()
+    hashes = StreamHashes() if verify else None
     with tempfile.NamedTemporaryFile(prefix="model-sync-names-") as listing:
         listing.write(b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names))
         listing.flush()
@@ -152,7 +135,7 @@ def send(src, host, stage: str, dest: str, owner: str, verify: bool, progress, c
         for r in readers:
             r.start()
         try:
-            open_end = _relay(tar, ssh, total, _stream_size(src.tree, src.dirs), progress, cancel)
+            open_end = _relay(tar, ssh, total, _stream_size(src.tree, src.dirs), hashes, progress, cancel)
             if not open_end:  # the server stopped reading: its exit code says why
                 tar.kill()
                 tar.wait()
@@ -161,17 +144,14 @@ def send(src, host, stage: str, dest: str, owner: str, verify: bool, progress, c
                 why = replies.get("tar", b"").decode("utf-8", "replace").strip().splitlines()
                 raise ModelSyncError(f"tar could not read {src.path}: {why[-1] if why else 'exit ' + str(tar.returncode)}"
                                      "; nothing was published. Was the model changing while it was sent? Run again")
-            if verify:
-                hasher.join()
-                if failure:
-                    raise failure[0]
-                gone = [p for p in files if p not in hashes]
+            if hashes is not None and open_end:
+                gone = [p for p in files if p not in hashes.hashes]
                 if gone:
                     raise ModelSyncError(f"{len(gone)} file(s) went away while they were sent ({', '.join(gone[:5])}); "
                                          "nothing was published. Run again once the model stays put")
             if open_end:
                 try:
-                    ssh.stdin.write(closing_archive(end, hashes if verify else None))
+                    ssh.stdin.write(closing_archive(end, hashes.hashes if hashes is not None else None))
                     ssh.stdin.close()
                 except BrokenPipeError:
                     pass
@@ -202,8 +182,9 @@ def send(src, host, stage: str, dest: str, owner: str, verify: bool, progress, c
     return files, total
 
 
-def _relay(tar, ssh, total: int, expected: int, progress, cancel) -> bool:
-    """tar's stream to the server; False when the server stopped reading."""
+def _relay(tar, ssh, total: int, expected: int, hashes: "StreamHashes | None", progress, cancel) -> bool:
+    """tar's stream to the server (hashing its files on the way); False
+    when the server stopped reading."""
     sent = 0
     src, dst = tar.stdout.fileno(), ssh.stdin
     while True:
@@ -213,6 +194,8 @@ def _relay(tar, ssh, total: int, expected: int, progress, cancel) -> bool:
         chunk = os.read(src, 1 << 18)
         if not chunk:
             return True
+        if hashes is not None:
+            hashes.feed(chunk)
         try:
             dst.write(chunk)
         except BrokenPipeError:
@@ -220,3 +203,69 @@ def _relay(tar, ssh, total: int, expected: int, progress, cancel) -> bool:
         sent += len(chunk)
         if progress:
             progress(min(total, total * sent // max(expected, 1)), total)
+
+
+class StreamHashes:
+    """xxh3-128 of every regular file in a GNU tar stream, taken as the
+    stream goes by: the bytes hashed are the bytes sent, and nothing is read
+    twice. `hashes` maps each file's path (without the leading ./) to its
+    hash."""
+
+    def __init__(self):
+        import xxhash
+
+        self._new = xxhash.xxh3_128
+        self.hashes: dict[str, str] = {}
+        self._head = b""  # a header not complete yet
+        self._left = 0  # data bytes of the current member still to come
+        self._pad = 0  # and the padding to its 512-byte boundary
+        self._sink = None  # a hash (a file), a bytearray (a long name), or None (skipped)
+        self._name = ""
+        self._long_name: str | None = None  # from a GNU 'L' record, for the member after it
+
+    def feed(self, data: bytes) -> None:
+        view, pos, n = memoryview(data), 0, len(data)
+        while pos < n:
+            if self._left:
+                take = min(self._left, n - pos)
+                if isinstance(self._sink, bytearray):
+                    self._sink.extend(view[pos:pos + take])
+                elif self._sink is not None:
+                    self._sink.update(view[pos:pos + take])
+                self._left -= take
+                pos += take
+                if not self._left:
+                    self._done()
+            elif self._pad:
+                take = min(self._pad, n - pos)
+                self._pad -= take
+                pos += take
+            else:
+                take = min(512 - len(self._head), n - pos)
+                self._head += view[pos:pos + take]
+                pos += take
+                if len(self._head) == 512:
+                    head, self._head = self._head, b""
+                    self._start(head)
+
+    def _start(self, head: bytes) -> None:
+        if not head.strip(b"\0"):
+            return  # an end-of-archive block
+        field = head[124:136]
+        size = int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.strip(b"\0 ") or b"0", 8)
+        kind = head[156:157]
+        name = self._long_name if self._long_name is not None else \
+            head[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
+        self._long_name = None
+        self._name = name[2:] if name.startswith("./") else name
+        self._sink = bytearray() if kind == b"L" else self._new() if kind in (b"0", b"\0", b"7") else None
+        self._left, self._pad = size, -size % 512
+        if not size:
+            self._done()
+
+    def _done(self) -> None:
+        sink, self._sink = self._sink, None
+        if isinstance(sink, bytearray):
+            self._long_name = bytes(sink).rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif sink is not None:
+            self.hashes[self._name] = sink.hexdigest()

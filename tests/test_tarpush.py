@@ -85,14 +85,12 @@ def test_a_file_that_arrives_different_publishes_nothing(bed, tmp_path, monkeypa
     from model_sync.errors import VerificationError
 
     m = _small_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250717")
-    real = tarpush.hash_files
+    real = tarpush.closing_archive
 
-    def one_wrong(host, root, paths, method):
-        got = real(host, root, paths, method)
-        got["layer-4/t-0004.bin"] = "0" * 32
-        return got
+    def one_wrong(end, hashes):
+        return real(end, {**hashes, "layer-4/t-0004.bin": "0" * 32})
 
-    monkeypatch.setattr(tarpush, "hash_files", one_wrong)
+    monkeypatch.setattr(tarpush, "closing_archive", one_wrong)
     with pytest.raises(VerificationError, match=r"1 file\(s\) differ.*layer-4/t-0004.bin.*nothing was published"):
         api.push(str(m), "bed", load_config())
     assert not (bed.remote_base / m.name).exists()
@@ -120,3 +118,38 @@ def test_a_stream_cut_short_is_not_published_even_unverified(bed, tmp_path, monk
     assert res.returncode == 0, res.stderr
     assert doc["via"] == "rsync" and doc["verified"] is True
     assert _state(bed.remote_base / m.name) == _state(m)
+
+
+def test_stream_hashes_are_the_files_hashes_however_the_stream_is_cut(tmp_path):
+    """The sender's hashes come from the tar stream as it passes: they must
+    equal each file's own xxh3-128, for long names (GNU 'L' records), empty
+    files and odd names, whatever the chunking."""
+    import random
+
+    import xxhash
+
+    from model_sync.tarpush import StreamHashes
+
+    root = tmp_path / "m"
+    deep = root / ("d" * 120)
+    deep.mkdir(parents=True)
+    files = {deep / ("f" * 150 + ".bin"): os.urandom(5000), root / "empty": b"",
+             root / "n\u00e9\u00fc x.bin": os.urandom(513), root / "nl\nname": b"z" * 1024}
+    files.update({root / f"f{i}": os.urandom(i * 97) for i in range(40)})
+    for p, data in files.items():
+        p.write_bytes(data)
+    os.symlink("f1", root / "link")
+    names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    listing = tmp_path / "names"
+    listing.write_bytes(b"".join(b"./" + n.encode() + b"\0" for n in names))
+    stream = subprocess.run(["tar", "-c", "-f", "-", "--format=gnu", "--null", "--verbatim-files-from", "--no-recursion",
+                             "-C", str(root), "-T", str(listing)], capture_output=True, check=True).stdout
+    expect = {str(p.relative_to(root)): xxhash.xxh3_128(d).hexdigest() for p, d in files.items()}
+    rng = random.Random(3)
+    for _ in range(20):
+        h, i = StreamHashes(), 0
+        while i < len(stream):
+            step = rng.choice([1, 7, 511, 512, 513, 4096, 65536])
+            h.feed(stream[i:i + step])
+            i += step
+        assert h.hashes == expect
