@@ -186,7 +186,8 @@ def discard(started: tuple[list[str], "Spawned", str]) -> None:
 
     _, proc, control = started
     try:
-        if proc.communicate(timeout=60) and proc.returncode == 0:
+        proc.communicate(timeout=60)
+        if proc.returncode == 0:
             stop_master(control)
     except TimeoutError:
         proc.kill()
@@ -206,8 +207,7 @@ class Spawned:
         actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w if stdout else devnull, 1),
                    (os.POSIX_SPAWN_DUP2, err_w, 2)]
         try:
-            self.pid = os.posix_spawnp(argv[0], argv, os.environ if env is None else env, file_actions=actions,
-                                       setsid=True)
+            self.pid = os.posix_spawnp(argv[0], argv, os.environ if env is None else env, file_actions=actions)
         except OSError:
             for fd in (out_r, out_w, err_r, err_w):
                 if fd is not None:

@@ -6,11 +6,12 @@ have yet (nothing to compare, nothing to resume) one tar stream moves them in
 about half its time (measured here: 20,000 files, 0.55 s against 1.0 s over
 the same ssh). The rest is as on the rsync path: the files land in the
 staging directory under the destination lock, the server checks every one
-against the sender's xxh3-128 manifest (`xxhsum -c`, which travels at the end
-of the stream) and only then is the stage renamed into place. Anything else
-takes the rsync path: filters, an existing destination or staging copy, big
-files (parallel rsync streams win there), names a manifest line cannot hold,
-no GNU tar on either end, no xxhsum 0.8 on the server.
+(`xxhsum -c`) against the xxh3-128 hashes the sender took of the stream as
+it went (the manifest travels at the end of the stream), and only then is
+the stage renamed into place. Anything else takes the rsync path: filters,
+an existing destination or staging copy, big files (parallel rsync streams
+win there), names a manifest line cannot hold, no GNU tar on either end, no
+xxhsum 0.8 on the server.
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ mkdir -- "$stage" && echo fresh
 """
 
 # The stream goes into the stage; every file is checked against the manifest
-# that ends it; then the stage becomes the destination (still absent: we hold
-# the lock, and it was absent when we took it).
-# The stream ends with an empty file named with this run's token: a stream
-# cut short (the sender failed or was stopped) never has it, and is not
-# published even without verification.
+# near its end; then the stage becomes the destination (still absent: we hold
+# the lock, and it was absent when we took it). The very end is an empty file
+# named with this run's token: a stream cut short (the sender failed or was
+# stopped) never has it, and is not published even without verification.
 _RECEIVE = r"""
 dest={dest}; stage={stage}; owner={owner}; end=./{end}
 cd -- "$stage" || exit 3
