@@ -137,8 +137,12 @@ def resolves_as_before(entry: dict) -> bool:
         return False
     try:
         proc = Spawned(argv, stdout=True)
+    except OSError:
+        return False
+    try:
         out, _ = proc.communicate(timeout=10)
-    except (OSError, TimeoutError):
+    except TimeoutError:
+        proc.kill()
         return False
     return proc.returncode == 0 and out.decode("utf-8", "surrogateescape") == before
 
@@ -160,6 +164,8 @@ def start(argv: list[str]) -> None:
             hosts.pop(alias, None)  # ssh's view changed: the next connect records it afresh
             _save(cache_file(), cached)
             continue
+        if not isinstance(template, list) or not all(isinstance(a, str) for a in template):
+            continue  # not what remember() writes
         directory = private_dir()
         control = os.path.join(directory, "ssh")
         cmd = [a.replace(CONTROL, control) for a in template]
@@ -260,12 +266,17 @@ class Spawned:
         return self.returncode
 
     def kill(self) -> None:
-        try:
-            os.kill(self.pid, 9)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        self.returncode = -9
+        """Stop the child (if still running), reap it, close our pipe ends."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.returncode = -9
+        for fd in self._open:
+            os.close(fd)
+        self._open = {}
 
 
 # The master relays every byte of every session. By default glibc hands freed
@@ -339,7 +350,10 @@ def main() -> None:
     # (listings, diffs) and few cycles: the cyclic collector would only rescan
     # them. The long-running MCP server turns it back on (cli.mcp).
     gc.disable()
-    start(sys.argv[1:])
+    try:
+        start(sys.argv[1:])
+    except Exception:  # only an optimisation (e.g. a damaged cache): connect as usual
+        pass
     from .cli import main as cli_main
 
     try:
@@ -352,9 +366,14 @@ def _exit(code) -> None:
     """Leave as SystemExit would (atexit handlers run, output flushed) but
     without tearing down every object one by one: after a diff of 20,000
     files that teardown alone took 15 ms. Everything model-sync opens is
-    closed by then (with-blocks and finally clauses)."""
+    closed by then (with-blocks and finally clauses). Not while any other
+    thread still works (the MCP server's tool calls): the normal exit waits
+    for those, and stops their transfers cleanly."""
     import atexit
+    import threading
 
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        raise SystemExit(code)
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1

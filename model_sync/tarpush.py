@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -43,16 +44,31 @@ mkdir -- "$stage" && echo fresh
 # the lock, and it was absent when we took it). The very end is an empty file
 # named with this run's token: a stream cut short (the sender failed or was
 # stopped) never has it, and is not published even without verification.
+# While tar unpacks, a watchdog stops it as soon as the lock lapses (its owner
+# file goes): the next run may then resume this stage, and must not find us
+# still writing into it.
 _RECEIVE = r"""
+unset TAR_OPTIONS
 dest={dest}; stage={stage}; owner={owner}; end=./{end}
 cd -- "$stage" || exit 3
-tar -x -i -p -f - || {{ echo "tar could not unpack the stream" >&2; exit 4; }}
+exec 3<&0
+tar -x -i -p -f - <&3 3<&- & t=$!
+exec 3<&-
+(while kill -0 $t 2>/dev/null; do
+   if [ ! -e "$owner" ]; then kill $t; exit 0; fi
+   sleep 0.2 2>/dev/null || sleep 1
+ done) </dev/null >/dev/null 2>&1 & w=$!
+wait $t; rc=$?
+kill $w 2>/dev/null
+if [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
+if [ $rc != 0 ]; then echo "tar could not unpack the stream" >&2; exit 4; fi
 if [ ! -f "$end" ]; then echo "the stream was cut short" >&2; exit 4; fi
-rm -f -- "$end"
+rm -f -- "$end" || exit 3
 if [ {verify} = 1 ]; then
   if [ ! -f ./{manifest} ]; then echo "the stream ended before its manifest" >&2; exit 4; fi
   echo @@CHECK
   if ! xxhsum -c --quiet -- ./{manifest}; then cd / && rm -rf -- "$stage"; exit 6; fi
+  touch -- ./{manifest}  # its time is the server's: diff --checksum trusts it only for older files
 fi
 if [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
 if [ -e "$dest" ] || [ -L "$dest" ]; then echo "the destination appeared meanwhile" >&2; exit 7; fi
@@ -68,8 +84,8 @@ def local_gnu_tar() -> bool:
 
 def eligible(tree: dict, dst_state, opts, facts, method: str) -> bool:
     """Whether this push goes as one tar stream (see the module's docstring)."""
-    if opts.excludes or opts.includes or opts.dry_run:
-        return False
+    if opts.excludes or opts.includes or opts.dry_run or opts.bwlimit or opts.compress:
+        return False  # rsync's filters, --bwlimit and --compress have no equivalent here
     if dst_state.is_dir or dst_state.stage_is_dir or dst_state.is_link or dst_state.is_other:
         return False
     sizes = [f.size for f in tree.values() if f.kind == "f"]
@@ -111,31 +127,37 @@ def _stream_size(tree: dict, dirs: dict) -> int:
     return 512 * (2 + len(dirs) + sum(1 + (f.size + 511) // 512 if f.kind == "f" else 1 for f in tree.values()))
 
 
-def send(src, host, stage: str, dest: str, owner: str, verify: bool, progress, cancel) -> tuple[list[str], int]:
+def send(src, host, stage: str, dest: str, owner: str, verify: bool, io_timeout: int, progress,
+         cancel) -> tuple[list[str], int]:
     """Stream src (a local _Side with its tree) into the server's stage,
-    have it checked and published; returns (files sent, bytes)."""
+    have it checked and published; returns (files sent, bytes). Gives up
+    after `io_timeout` seconds without progress, as rsync's --timeout does."""
     files = sorted(p for p, f in src.tree.items() if f.kind == "f")
     total = sum(src.tree[p].size for p in files)
     # "." first (the directory's own mode and time), then parents before children
     names = ["."] + ["./" + p for p in sorted(list(src.dirs) + list(src.tree))]
     end = f".model-sync-end-{os.urandom(8).hex()}"
-    hashes = StreamHashes() if verify else None
+    hashes = StreamHashes()  # also tells which files the stream really held
+    env = {k: v for k, v in os.environ.items() if k != "TAR_OPTIONS"}  # no user options in our stream
+    tar = ssh = None
     with tempfile.NamedTemporaryFile(prefix="model-sync-names-") as listing:
         listing.write(b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names))
         listing.flush()
-        tar = subprocess.Popen(["tar", "-c", "-f", "-", "--format=gnu", "--null", "--verbatim-files-from",
-                                "--no-recursion", "--hard-dereference", "-C", src.path, "-T", listing.name],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        ssh = subprocess.Popen(host.script_argv(receive_script(dest, stage, owner, verify, end)),
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
         replies: dict[str, bytes] = {}
-        readers = [threading.Thread(target=lambda k=k, f=f: replies.__setitem__(k, f.read()), daemon=True)
-                   for k, f in (("out", ssh.stdout), ("err", ssh.stderr), ("tar", tar.stderr))]
-        for r in readers:
-            r.start()
         try:
-            open_end = _relay(tar, ssh, total, _stream_size(src.tree, src.dirs), hashes, progress, cancel)
+            ssh = subprocess.Popen(host.script_argv(receive_script(dest, stage, owner, verify, end)),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+            tar = subprocess.Popen(["tar", "-c", "-f", "-", "--format=gnu", "--null", "--verbatim-files-from",
+                                    "--no-recursion", "--hard-dereference", "-C", src.path, "-T", listing.name],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=env)
+            readers = [threading.Thread(target=lambda k=k, f=f: replies.__setitem__(k, f.read()), daemon=True)
+                       for k, f in (("out", ssh.stdout), ("err", ssh.stderr), ("tar", tar.stderr))]
+            for r in readers:
+                r.start()
+            pipe = _Pipe(ssh.stdin, host.alias, io_timeout, cancel)
+            open_end = _relay(tar, pipe, total, _stream_size(src.tree, src.dirs), hashes, progress)
             if not open_end:  # the server stopped reading: its exit code says why
                 tar.kill()
                 tar.wait()
@@ -144,21 +166,18 @@ def send(src, host, stage: str, dest: str, owner: str, verify: bool, progress, c
                 why = replies.get("tar", b"").decode("utf-8", "replace").strip().splitlines()
                 raise ModelSyncError(f"tar could not read {src.path}: {why[-1] if why else 'exit ' + str(tar.returncode)}"
                                      "; nothing was published. Was the model changing while it was sent? Run again")
-            if hashes is not None and open_end:
+            if open_end:
                 gone = [p for p in files if p not in hashes.hashes]
                 if gone:
                     raise ModelSyncError(f"{len(gone)} file(s) went away while they were sent ({', '.join(gone[:5])}); "
                                          "nothing was published. Run again once the model stays put")
-            if open_end:
-                try:
-                    ssh.stdin.write(closing_archive(end, hashes.hashes if hashes is not None else None))
-                    ssh.stdin.close()
-                except BrokenPipeError:
-                    pass
-            code = ssh.wait()
+                if pipe.write(closing_archive(end, hashes.hashes if verify else None)):
+                    pipe.close()
+            code = pipe.wait(ssh)
         except BaseException:
-            stop_process_group(ssh)
-            if tar.poll() is None:
+            if ssh is not None:
+                stop_process_group(ssh)
+            if tar is not None and tar.poll() is None:
                 tar.kill()
                 tar.wait()
             raise
@@ -167,7 +186,7 @@ def send(src, host, stage: str, dest: str, owner: str, verify: bool, progress, c
     out = replies.get("out", b"").decode("utf-8", "surrogateescape")
     err = replies.get("err", b"").decode("utf-8", "replace").strip()
     if code == 6:
-        bad = [line.rpartition(": ")[0] for line in out.partition("@@CHECK\n")[2].splitlines() if ": " in line]
+        bad = _failed_names(out.partition("@@CHECK\n")[2])
         raise VerificationError(f"{host.alias}: {len(bad) or 'some'} file(s) differ after transfer "
                                 f"({', '.join(bad[:5])}); nothing was published. Rerun to send them again; "
                                 f"if it repeats, check the disk on {host.alias}")
@@ -182,25 +201,89 @@ def send(src, host, stage: str, dest: str, owner: str, verify: bool, progress, c
     return files, total
 
 
-def _relay(tar, ssh, total: int, expected: int, hashes: "StreamHashes | None", progress, cancel) -> bool:
+def _failed_names(report: str) -> list[str]:
+    """The files `xxhsum -c --quiet` complained about: 'NAME: FAILED', or
+    "...: Could not open or read 'NAME': ..." for a missing one."""
+    names = []
+    for line in report.splitlines():
+        m = re.search(r"Could not open or read '(.*)'", line)
+        if m:
+            names.append(m.group(1))
+        elif line.endswith(": FAILED"):
+            names.append(line[:-len(": FAILED")])
+    return names
+
+
+class _Pipe:
+    """The ssh's stdin, written without blocking: a write that makes no
+    progress for `io_timeout` seconds fails (a stalled server or network),
+    and a cancel is seen within 0.2 s."""
+
+    def __init__(self, file, alias: str, io_timeout: int, cancel):
+        self.file, self.fd = file, file.fileno()
+        self.alias, self.io_timeout, self.cancel = alias, io_timeout, cancel
+        os.set_blocking(self.fd, False)
+
+    def check(self, since: float) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise ModelSyncError(f"{self.alias}: cancelled during the transfer; nothing was published, and running "
+                                 "the same transfer again resumes")
+        if time.monotonic() - since > self.io_timeout:
+            raise ModelSyncError(f"{self.alias}: no progress for {self.io_timeout}s (io_timeout); nothing was "
+                                 "published. Check the network and run the same command again to resume")
+
+    def write(self, data: bytes) -> bool:
+        """All of data; False when the server stopped reading."""
+        import select
+
+        view, since = memoryview(data), time.monotonic()
+        while view:
+            self.check(since)
+            if not select.select([], [self.fd], [], 0.2)[1]:
+                continue
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                return False
+            view, since = view[n:], time.monotonic()
+        return True
+
+    def close(self) -> None:
+        try:
+            self.file.close()  # nothing is buffered in it: every write went through os.write
+        except OSError:
+            pass
+
+    def wait(self, proc) -> int:
+        """The ssh's exit code, seeing a cancel meanwhile (the server's check
+        of every file takes its time: no deadline here; a dead network ends
+        the session through the master's keepalives)."""
+        while True:
+            try:
+                return proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                self.check(time.monotonic())
+
+
+def _relay(tar, pipe: _Pipe, total: int, expected: int, hashes: "StreamHashes", progress) -> bool:
     """tar's stream to the server (hashing its files on the way); False
     when the server stopped reading."""
-    sent = 0
-    src, dst = tar.stdout.fileno(), ssh.stdin
+    import select
+
+    sent, src, since = 0, tar.stdout.fileno(), time.monotonic()
     while True:
-        if cancel is not None and cancel.is_set():
-            raise ModelSyncError("cancelled during the transfer; nothing was published, and running the same "
-                                 "transfer again resumes")
+        pipe.check(since)
+        if not select.select([src], [], [], 0.2)[0]:
+            continue
         chunk = os.read(src, 1 << 18)
         if not chunk:
             return True
-        if hashes is not None:
-            hashes.feed(chunk)
-        try:
-            dst.write(chunk)
-        except BrokenPipeError:
+        hashes.feed(chunk)
+        if not pipe.write(chunk):
             return False
-        sent += len(chunk)
+        sent, since = sent + len(chunk), time.monotonic()
         if progress:
             progress(min(total, total * sent // max(expected, 1)), total)
 

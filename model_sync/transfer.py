@@ -382,7 +382,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as held:
             if held.output.strip() == "fresh":  # else it appeared meanwhile: the rsync path
                 result.sent, result.bytes = tarpush.send(src, dst.host, dst.stage, dst.path, held.owner,
-                                                         opts.verify, progress, cancel)
+                                                         opts.verify, opts.io_timeout, progress, cancel)
                 result.files, result.published, result.via = len(result.sent), True, "tar"
                 if opts.verify:
                     result.verified, result.algorithm = True, XXH128

@@ -78,3 +78,25 @@ def test_early_reads_servers_from_argv(tmp_path, monkeypatch):
     assert named_servers(["push", "reaper:v1", "doomfist"], known) == (None, ["doomfist"])
     assert named_servers(["diff", "reaper", "doomfist"], known) == (None, ["doomfist"])
     assert named_servers(["push", "--help", "./m", "reaper"], known) == (None, [])
+
+
+def test_the_quick_exit_waits_for_working_threads():
+    """The entry point leaves with os._exit (no object-by-object teardown),
+    but not while another thread still works, such as an MCP tool call's
+    transfer: then it exits normally, which waits for it."""
+    import threading
+
+    import pytest
+
+    from model_sync import early
+
+    done = threading.Event()
+    worker = threading.Thread(target=done.wait, args=(5,))
+    worker.start()
+    try:
+        with pytest.raises(SystemExit) as leaving:
+            early._exit(3)
+        assert leaving.value.code == 3
+    finally:
+        done.set()
+        worker.join()

@@ -153,3 +153,95 @@ def test_stream_hashes_are_the_files_hashes_however_the_stream_is_cut(tmp_path):
             h.feed(stream[i:i + step])
             i += step
         assert h.hashes == expect
+
+
+@pytest.mark.parametrize("why", ["bwlimit", "compress"])
+def test_options_tar_cannot_honour_take_the_rsync_path(bed, tmp_path, why):
+    m = _small_model(tmp_path / "src" / f"RTX3090_N2501_TOKENS_2507{20 + len(why)}")
+    res, doc = push_json(str(m), "bed", "--bwlimit=50M" if why == "bwlimit" else "--compress")
+    assert res.returncode == 0, res.stderr
+    assert doc["via"] == "rsync" and _state(bed.remote_base / m.name) == _state(m)
+
+
+def test_tar_options_from_the_environment_do_not_reach_the_stream(bed, tmp_path):
+    m = _small_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250730")
+    res, doc = push_json(str(m), "bed", "--no-verify", env={"TAR_OPTIONS": "--exclude=*.bin"})
+    assert res.returncode == 0, res.stderr
+    assert doc["via"] == "tar" and _state(bed.remote_base / m.name) == _state(m)
+
+
+def test_a_lapsed_lock_stops_the_server_side_unpacking(bed, tmp_path):
+    """When the lock lapses mid-stream (its owner file goes, as when this
+    process is stopped and the heartbeats stop), the server's tar is stopped
+    at once: a later run may resume that stage and must not find us still
+    writing. Nothing is published."""
+    import time
+
+    from model_sync import api
+    from model_sync.config import load_config
+
+    m = tmp_path / "src" / "RTX3090_N2501_TOKENS_250731"
+    for i in range(tarpush.MIN_FILES + 100):
+        (m / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (m / f"d{i % 5}" / f"t{i}.bin").write_bytes(os.urandom(100_000))
+    stage = bed.remote_base / f".{m.name}.model-sync-staging"
+    seen = {}
+
+    def progress(done, total):
+        if "lapsed" not in seen and done:
+            for owner in bed.remote_base.glob(f".{m.name}.model-sync-lock.owner-*"):
+                owner.unlink()
+                seen["lapsed"] = True
+            time.sleep(1)  # the watchdog looks every 0.2 s
+            seen["files"] = sum(1 for _ in stage.rglob("*"))
+
+    with pytest.raises(Exception, match="lock .*lapsed"):
+        api.push(str(m), "bed", load_config(), progress=progress)
+    assert seen.get("lapsed")
+    assert not (bed.remote_base / m.name).exists()
+    # the server's tar was stopped: the stage no longer grows
+    time.sleep(0.5)
+    settled = sum(1 for _ in stage.rglob("*"))
+    time.sleep(1)
+    assert sum(1 for _ in stage.rglob("*")) == settled < tarpush.MIN_FILES + 100
+
+
+def test_a_stalled_server_ends_the_push_after_io_timeout(bed, tmp_path):
+    """If the server stops taking the stream (here its tar is frozen), the
+    push gives up after io_timeout seconds without progress, as rsync's
+    --timeout does, instead of holding the lock for ever."""
+    import signal
+    import time
+
+    from model_sync import api
+    from model_sync.config import load_config
+    from model_sync.errors import ModelSyncError
+    from model_sync.transfer import TransferOptions
+
+    m = tmp_path / "src" / "RTX3090_N2501_TOKENS_250732"
+    for i in range(tarpush.MIN_FILES + 100):
+        (m / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (m / f"d{i % 5}" / f"t{i}.bin").write_bytes(os.urandom(100_000))
+    frozen = []
+
+    def progress(done, total):
+        if not frozen and done:
+            pids = subprocess.run(["pgrep", "-x", "-f", "tar -x -i -p -f -"], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in pids:
+                os.kill(int(pid), signal.SIGSTOP)
+            frozen.extend(pids)
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(ModelSyncError, match=r"no progress for 3s \(io_timeout\); nothing was published"):
+            api.push(str(m), "bed", load_config(), opts=TransferOptions(io_timeout=3), progress=progress)
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                os.kill(int(pid), signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert frozen and time.monotonic() - start < 60
+    assert not (bed.remote_base / m.name).exists()
