@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .config import Config
 from .errors import RemoteError, UsageError
 from .hosts import LocalHost, open_host, remote_path_expr
-from .manifest import (SHA256, XXH128, FileEntry, Tree, chunked, hash_files,
+from .manifest import (SHA256, XXH128, Tree, chunked, hash_files,
                        list_tree, remote_hash_method)
 from .paths import under
 from .naming import (SORTS, SelectorError, compile_pattern, example_name, group_models, parse_name, resolve_selector,
@@ -537,10 +537,6 @@ def _compare(ltree: SideTree, rtree: SideTree, hashes: tuple[dict[str, str], dic
             same = ha is not None and ha == hashes[1].get(path)
         add(DiffEntry(path, "same" if same else "modified", a.size, b.size, a.mtime, b.mtime, a.kind))
     return entries
-
-
-def _size(entry: FileEntry | None) -> int | None:
-    return None if entry is None else entry.size
 
 
 def _sync_command(r: DiffResult) -> str | None:
