@@ -35,6 +35,9 @@ VALUE_OPTIONS = {"--config", "--format", "--exclude", "--include", "--bwlimit", 
 CONTROL = "@CONTROL@"  # where the control socket path goes in a cached argv
 
 _started: dict[str, tuple[list[str], "Spawned", str]] = {}  # alias -> (argv, ssh, control)
+# `ssh -G` runs the start path checked, argv -> output: sshconf uses them
+# rather than running the same command again
+resolved: dict[tuple[str, ...], str] = {}
 _FORMAT = (1, sys.version_info[:2])  # of the cache file (marshal's format follows Python's)
 
 
@@ -144,7 +147,11 @@ def resolves_as_before(entry: dict) -> bool:
     except TimeoutError:
         proc.kill()
         return False
-    return proc.returncode == 0 and out.decode("utf-8", "surrogateescape") == before
+    text = out.decode("utf-8", "surrogateescape")
+    if proc.returncode != 0 or text != before:
+        return False
+    resolved[tuple(argv)] = text
+    return True
 
 
 def start(argv: list[str]) -> None:

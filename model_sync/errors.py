@@ -82,3 +82,11 @@ class CommandTimeout(ModelSyncError):
 
 class VerificationError(ModelSyncError):
     exit_code = EXIT_VERIFY
+
+
+class TransferCancelled(ModelSyncError):
+    """A transfer stopped by its caller's cancel (an MCP call abandoned)."""
+
+    def __init__(self, alias: str, when: str):
+        super().__init__(f"{alias}: cancelled {when}; nothing was published, and running the same "
+                         "transfer again resumes")

@@ -366,10 +366,14 @@ def local_version(tool: str, flag: str = "--version") -> str:
     return (res.stdout + res.stderr).strip().partition("\n")[0]
 
 
+def xxh128_capable(version: str | None) -> bool:
+    """An xxhsum of this version (its `-V` text) does xxh3-128 (-H2, -c):
+    0.8 or later. For this machine's and for a server's."""
+    return bool(version) and tuple(int(x) for x in re.findall(r"\d+", version)[:2]) >= (0, 8)
+
+
 def _local_xxhsum() -> bool:
-    """xxhsum here, new enough for -H2 (xxh3-128 arrived in 0.8)."""
-    m = re.search(r"(\d+)\.(\d+)\.\d+", local_version("xxhsum", "-V"))
-    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (0, 8)
+    return xxh128_capable(local_version("xxhsum", "-V"))
 
 
 def hash_files(host, root: str, paths: list[str], method: str) -> dict[str, str]:

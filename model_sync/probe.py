@@ -83,7 +83,9 @@ class HostFacts:
     @property
     def xxhsum_checks(self) -> bool:
         """xxhsum can check xxh3-128 manifests (`-c`; 0.8 or later)."""
-        return bool(self.xxhsum) and _version_tuple(self.xxhsum) >= (0, 8)
+        from .manifest import xxh128_capable
+
+        return xxh128_capable(self.xxhsum)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import Config, ServerConfig
-from .early import control_option
+from .early import control_option, resolved
 from .errors import ConfigError, UsageError
 
 
@@ -246,7 +246,9 @@ def _ssh_g_argv(host: str, user: str | None, port: int | None, key: str | None, 
 @lru_cache(maxsize=64)
 def _ssh_g(argv: tuple[str, ...]) -> str:
     """What OpenSSH makes of a host (`ssh -G`: every file it reads, Include
-    and Match included)."""
+    and Match included); the entry point's run of it, when it made one."""
+    if argv in resolved:
+        return resolved[argv]
     try:
         proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
     except FileNotFoundError:

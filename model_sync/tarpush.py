@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 
-from .errors import ModelSyncError, RemoteError, VerificationError
+from .errors import ModelSyncError, RemoteError, TransferCancelled, VerificationError
 from .hosts import remote_path_expr, stop_process_group
 from .manifest import MANIFEST_NAME, local_version, manifest_text
 
@@ -226,8 +226,7 @@ class _Pipe:
 
     def check(self, since: float) -> None:
         if self.cancel is not None and self.cancel.is_set():
-            raise ModelSyncError(f"{self.alias}: cancelled during the transfer; nothing was published, and running "
-                                 "the same transfer again resumes")
+            raise TransferCancelled(self.alias, "during the transfer")
         if time.monotonic() - since > self.io_timeout:
             raise ModelSyncError(f"{self.alias}: no progress for {self.io_timeout}s (io_timeout); nothing was "
                                  "published. Check the network and run the same command again to resume")

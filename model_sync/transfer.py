@@ -23,7 +23,7 @@ from typing import Callable
 
 from . import tarpush
 from .config import Config
-from .errors import ModelSyncError, RemoteError, UsageError, VerificationError
+from .errors import ModelSyncError, RemoteError, TransferCancelled, UsageError, VerificationError
 from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (MANIFEST_NAME, PARTIAL_DIR, SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text,
                        remote_hash_method)
@@ -348,8 +348,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
 
     def stop_if_cancelled(when: str) -> None:
         if cancel is not None and cancel.is_set():
-            raise ModelSyncError(f"{alias}: cancelled {when}; nothing was published, and running the same "
-                                 "transfer again resumes")
+            raise TransferCancelled(alias, when)
 
     result = TransferResult(direction=direction, server=alias, source=show(src), destination=show(dst),
                             files=0, bytes=0, seconds=0.0, verified=None, algorithm=None)
