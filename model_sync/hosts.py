@@ -142,6 +142,14 @@ class LocalHost:
         pass
 
 
+MIN_STALE = 30  # seconds; below this a slow server or a long pause would cost a writer its lock
+
+
+def stale_seconds(stale_after: float) -> int:
+    """How long a writer that has gone silent keeps a destination's lock."""
+    return max(MIN_STALE, int(stale_after))
+
+
 class LockBusy(ModelSyncError):
     def __init__(self, alias: str, path: str):
         super().__init__(f"{alias}: another model-sync is writing to this destination (lock {path}); "
@@ -165,7 +173,7 @@ def run_process(argv: list[str], timeout: float | None, capture: bool = True,
         if on_output is None:
             out, err = proc.communicate(input=stdin, timeout=timeout)
         else:
-            out, err = b"", _pump(proc, timeout, on_output)
+            out, err = b"", pump(proc, timeout, on_output)
     except subprocess.TimeoutExpired:
         stop_process_group(proc)
         out, err = proc.communicate()
@@ -176,9 +184,11 @@ def run_process(argv: list[str], timeout: float | None, capture: bool = True,
     return CommandResult(proc.returncode, _text(out), _text(err), time.monotonic() - start)
 
 
-def _pump(proc: subprocess.Popen, timeout: float | None, on_output: Callable[[bytes], None]) -> bytes:
+def pump(proc: subprocess.Popen, timeout: float | None, on_output: Callable[[bytes], None],
+         until: Callable[[], bool] | None = None) -> bytes:
     """Hand stdout to on_output as it comes, collect stderr; returns stderr
-    once both pipes close and the process has exited."""
+    once both pipes close and the process has exited, or as soon as
+    `until()` holds (then the pipes stay open, the process running)."""
     import selectors
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -196,6 +206,8 @@ def _pump(proc: subprocess.Popen, timeout: float | None, on_output: Callable[[by
                     sel.unregister(key.fileobj)
                 elif key.fileobj is proc.stdout:
                     on_output(data)
+                    if until is not None and until():
+                        return bytes(err)
                 else:
                     err += data
     proc.stdout.close()
@@ -337,10 +349,15 @@ class RemoteHost:
         """Run a POSIX sh script on the server (one session of the shared
         connection); `on_output` as in run_process."""
         res = run_process(self.script_argv(script), timeout, True, stdin, on_output)
-        if res.exit_code == 255:  # ssh's own failure (our scripts never exit 255)
-            lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-            raise ConnectError(self.alias, "connection lost: " + (lines[-1] if lines else "ssh exited with 255"))
+        self.check_session(res.exit_code, res.stderr)
         return res
+
+    def check_session(self, exit_code: int | None, stderr: str) -> None:
+        """ConnectError if a session's ssh failed itself (exit 255: our
+        scripts never exit so)."""
+        if exit_code == 255:
+            lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+            raise ConnectError(self.alias, "connection lost: " + (lines[-1] if lines else "ssh exited with 255"))
 
     def shell(self, command: str, timeout: float | None = None, capture: bool = False) -> CommandResult:
         if timeout:
@@ -369,7 +386,7 @@ class RemoteHost:
         ready, failed = f"MS-READY-{token}", f"MS-FAILED-{token}"
         owner = f"{path}.owner-{token}"  # exists only while this holder holds the lock
         then_part = f"( {then}\n) 9>&- || printf '\\n%s\\n' {failed}\n" if then else ""
-        stale = max(30, int(stale_after))
+        stale = stale_seconds(stale_after)
         hold = (f"if command -v timeout >/dev/null 2>&1; then "
                 f"while [ \"$(timeout {stale} head -c 1)\" = k ]; do :; done; else cat >/dev/null; fi\n")
         script = (f"mkdir -p -- {lock_dir} && exec 9>>{remote_path_expr(path)} || exit 3\n"

@@ -190,11 +190,16 @@ class SectionReader:
                     self._tail = [rest]
                     return
 
+    @property
+    def tail(self) -> str:
+        """The text after the listings, as far as it has come."""
+        return "".join(self._tail or ())
+
     def finish(self) -> tuple[str | None, dict[str, dict[str, FileEntry]], dict[str, dict[str, int]], str]:
         """(head, listings by name, their directories, the text after them);
         the head is None when the "@@DATA" line never came."""
         self.feed(b"", final=True)
-        return self.head, self.lists, self.dirs, "".join(self._tail or ())
+        return self.head, self.lists, self.dirs, self.tail
 
 
 def _after_pairs(data: str) -> int:

@@ -181,28 +181,37 @@ def absolute(facts: "HostFacts", path: str) -> str:
     return posixpath.normpath(posixpath.join(facts.base_abs, path))
 
 
-def inspect(host, path: str, use_stage: bool) -> tuple[HostFacts, TargetState]:
-    """Probe a host and look at one model directory on it, in one round trip.
-    `path` is absolute or relative to the host's model_base (already checked
-    not to climb out of it)."""
-    from .errors import RemoteError
+def inspect_script(host, path: str, use_stage: bool) -> str:
+    """The script inspect runs: the probe, then the state of `path` (its
+    shell variables $base, $target and $stage stay set for anything appended)."""
     from .transfer import STAGING_SUFFIX
 
     target = target_expr(path)
     stage = target_expr(sibling(path, STAGING_SUFFIX))
-    script = probe_script(host.server.model_base, full=False) + state_script(target, stage, use_stage, both=False)
-    reader = state_reader()  # parses while the output arrives
-    res = host.script(script, timeout=600, on_output=reader.feed)
+    return probe_script(host.server.model_base, full=False) + state_script(target, stage, use_stage, both=False)
+
+
+def inspection(host, path: str, reader, exit_code: int, stderr: str) -> tuple[HostFacts, TargetState]:
+    """(facts, state) from a state_reader() that read inspect_script's output."""
+    from .errors import RemoteError
+
     try:
         reader.finish()
         facts = parse_probe(reader.head_value[2] if reader.head_value else "")
-        abs_path = absolute(facts, path)
-        state = state_from(reader, abs_path)
+        state = state_from(reader, absolute(facts, path))
     except ValueError:
-        why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exit_code}"
-        raise RemoteError(host.alias, f"cannot inspect {path} on the server: {why}", res.exit_code, res.stderr) \
-            from None
+        why = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {exit_code}"
+        raise RemoteError(host.alias, f"cannot inspect {path} on the server: {why}", exit_code, stderr) from None
     return facts, state
+
+
+def inspect(host, path: str, use_stage: bool) -> tuple[HostFacts, TargetState]:
+    """Probe a host and look at one model directory on it, in one round trip.
+    `path` is absolute or relative to the host's model_base (already checked
+    not to climb out of it)."""
+    reader = state_reader()  # parses while the output arrives
+    res = host.script(inspect_script(host, path, use_stage), timeout=600, on_output=reader.feed)
+    return inspection(host, path, reader, res.exit_code, res.stderr)
 
 
 def parse_probe(output: str) -> HostFacts:

@@ -3,15 +3,18 @@
 rsync pays for every file: a temporary name and a rename on the server, a
 turn of its protocol. For thousands of small files that the server does not
 have yet (nothing to compare, nothing to resume) one tar stream moves them in
-about half its time (measured here: 20,000 files, 0.55 s against 1.0 s over
-the same ssh). The rest is as on the rsync path: the files land in the
-staging directory under the destination lock, the server checks every one
-(`xxhsum -c`) against the xxh3-128 hashes the sender took of the stream as
-it went (the manifest travels at the end of the stream), and only then is
-the stage renamed into place. Anything else takes the rsync path: filters,
-an existing destination or staging copy, big files (parallel rsync streams
-win there), names a manifest line cannot hold, no GNU tar on either end, no
-xxhsum 0.8 on the server.
+about half its time. It all happens in the inspection's own ssh session
+(every session costs a shell start on the server): the server finds the
+model absent, takes the destination lock and makes the staging directory,
+and offers the stream; the sender answers with it. The files land in the
+stage, the server checks every one (`xxhsum -c`, two at once) against the
+xxh3-128 hashes the sender took of the stream as it went (the manifest
+travels at the end of the stream), and only then is the stage renamed into
+place. A stream that is mostly tar's own headers and padding (tiny files) is
+gzipped on the way. Anything else takes the rsync path: filters, an existing
+destination or staging copy, a lock someone else holds, big files (parallel
+rsync streams win there), names a manifest line cannot hold, no GNU tar on
+either end, no xxhsum 0.8 on the server.
 """
 
 from __future__ import annotations
@@ -25,18 +28,46 @@ import threading
 import time
 
 from .errors import ModelSyncError, RemoteError, TransferCancelled, VerificationError
-from .hosts import remote_path_expr, stop_process_group
+from .hosts import pump, stale_seconds, stop_process_group
 from .manifest import MANIFEST_NAME, local_version, manifest_text
 
 MIN_FILES = 500  # below this, rsync's per-file cost is small
 MAX_MEAN_SIZE = 1 << 20  # larger files: parallel rsync streams do better over latency
 MAX_BYTES = 2 << 30  # one stream, no resume inside it: keep it to what a retry can afford
+READ_AHEAD = 64 << 20  # of the stream, read and hashed before the server takes it (bounds the memory)
 
-# Under the lock: the destination must still be absent (else the rsync path).
-PREPARE = r"""
-dest={dest}; stage={stage}
-if [ -e "$dest" ] || [ -L "$dest" ] || [ -e "$stage" ] || [ -L "$stage" ]; then echo taken; exit 0; fi
-mkdir -- "$stage" && echo fresh
+# Appended to the inspection (probe.inspect_script: $target and $stage are
+# set): when the model is new here and nobody holds its lock, take the lock
+# (an flock, as hosts.lock takes it), make the stage, and offer the stream;
+# then wait for the answer ("T" and the stream, or nothing). One session for
+# the inspection, the lock and the stream: each session costs a shell start on
+# the server (0.09 s here), which rsync pays once.
+_OFFER = r"""
+lock={lock}; owner={owner}
+ms_absent() {{ [ ! -e "$target" ] && [ ! -L "$target" ] && [ ! -e "$stage" ] && [ ! -L "$stage" ]; }}
+ms_offer() {{
+  ms_absent && command -v flock >/dev/null 2>&1 && command -v timeout >/dev/null 2>&1 || return 1
+  {{ read -r _ < /proc/$$/io; }} 2>/dev/null || return 1  # the watchdog below reads progress there
+  true 2>/dev/null >>"$lock" || return 1  # (a missing parent: the rsync path makes it)
+  exec 9>>"$lock"
+  if flock -n 9 && ms_absent && mkdir -- "$stage" 2>/dev/null; then
+    if true 2>/dev/null >"$owner"; then return 0; fi
+    rmdir -- "$stage"
+  fi
+  exec 9>&-
+  return 1
+}}
+if ms_offer; then
+  trap 'rm -f -- "$owner"' EXIT; trap 'exit 1' HUP INT TERM PIPE
+  if command -v gzip >/dev/null 2>&1; then z=gzip; else z=plain; fi
+  printf '%s %s\n' {offered} $z
+  case $(timeout {stale} head -c 1) in  # T: a tar stream; Z: gzipped (tar -z runs gzip -d)
+    T) z= ;;
+    Z) z=-z ;;
+    *) rmdir -- "$stage"; exit 0 ;;
+  esac
+  dest=$target
+{receive}fi
 """
 
 # The stream goes into the stage; every file is checked against the manifest
@@ -44,32 +75,47 @@ mkdir -- "$stage" && echo fresh
 # the lock, and it was absent when we took it). The very end is an empty file
 # named with this run's token: a stream cut short (the sender failed or was
 # stopped) never has it, and is not published even without verification.
-# While tar unpacks, a watchdog stops it as soon as the lock lapses (its owner
-# file goes): the next run may then resume this stage, and must not find us
-# still writing into it.
+# The lock lapses when the stream stops coming for {stale} seconds (a dead
+# network, a stopped sender: tar reads nothing): a watchdog then stops tar, so
+# that a later run may resume this stage without us still writing into it.
 _RECEIVE = r"""
 unset TAR_OPTIONS
-dest={dest}; stage={stage}; owner={owner}; end=./{end}
+end=./{end}
 cd -- "$stage" || exit 3
 exec 3<&0
-tar -x -i -p -f - <&3 3<&- & t=$!
+tar -x $z -i -p -f - <&3 3<&- 9>&- & t=$!
 exec 3<&-
-(while kill -0 $t 2>/dev/null; do
-   if [ ! -e "$owner" ]; then kill $t; exit 0; fi
+(last=; n=0
+ while kill -0 $t 2>/dev/null; do
+   if [ ! -e "$owner" ]; then kill -9 $t; exit 0; fi
+   r=; while read -r k v; do if [ "$k" = rchar: ]; then r=$v; fi; done < /proc/$t/io
+   if [ "$r" = "$last" ]; then n=$((n + 1)); else last=$r; n=0; fi
+   if [ $n -ge {ticks} ]; then rm -f -- "$owner"; kill -9 $t; exit 0; fi
    sleep 0.2 2>/dev/null || sleep 1
- done) </dev/null >/dev/null 2>&1 & w=$!
+ done) </dev/null >/dev/null 2>&1 9>&- & w=$!
 wait $t; rc=$?
 kill $w 2>/dev/null
 if [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
 if [ $rc != 0 ]; then echo "tar could not unpack the stream" >&2; exit 4; fi
 if [ ! -f "$end" ]; then echo "the stream was cut short" >&2; exit 4; fi
-rm -f -- "$end" || exit 3
+half=; read -r half < "$end"
 if [ {verify} = 1 ]; then
   if [ ! -f ./{manifest} ]; then echo "the stream ended before its manifest" >&2; exit 4; fi
   echo @@CHECK
-  if ! xxhsum -c --quiet -- ./{manifest}; then cd / && rm -rf -- "$stage"; exit 6; fi
+  case $half in ''|*[!0-9]*) half=0;; esac
+  if [ "$half" -gt 0 ]; then  # two checkers, a half of the manifest each
+    head -n "$half" ./{manifest} > "$end.0" && tail -n "+$((half + 1))" ./{manifest} > "$end.1" || exit 3
+    xxhsum -c --quiet -- "$end.0" > "$end.out" 2>&1 & c=$!
+    xxhsum -c --quiet -- "$end.1"; ok=$?
+    wait $c || ok=1
+    if [ -s "$end.out" ]; then cat -- "$end.out"; fi
+  else
+    xxhsum -c --quiet -- ./{manifest}; ok=$?
+  fi
+  if [ $ok != 0 ]; then cd / && rm -rf -- "$stage"; exit 6; fi
   touch -- ./{manifest}  # its time is the server's: diff --checksum trusts it only for older files
 fi
+rm -f -- "$end" "$end.0" "$end.1" "$end.out" || exit 3
 if [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
 if [ -e "$dest" ] || [ -L "$dest" ]; then echo "the destination appeared meanwhile" >&2; exit 7; fi
 mv -- "$stage" "$dest" || exit 3
@@ -82,39 +128,43 @@ def local_gnu_tar() -> bool:
     return "GNU tar" in local_version("tar")
 
 
-def eligible(tree: dict, dst_state, opts, facts, method: str) -> bool:
-    """Whether this push goes as one tar stream (see the module's docstring)."""
-    if opts.excludes or opts.includes or opts.dry_run or opts.bwlimit or opts.compress:
+def may_offer(opts) -> bool:
+    """Whether a push with these options could go as a tar stream: then its
+    inspection asks the server for an offer."""
+    return not (opts.excludes or opts.includes or opts.dry_run or opts.bwlimit or opts.compress)
+
+
+def suits(tree: dict, opts) -> bool:
+    """Whether this local model could go as one tar stream (see the module's
+    docstring); the server has its say in accepts()."""
+    if not may_offer(opts):
         return False  # rsync's filters, --bwlimit and --compress have no equivalent here
-    if dst_state.is_dir or dst_state.stage_is_dir or dst_state.is_link or dst_state.is_other:
-        return False
     sizes = [f.size for f in tree.values() if f.kind == "f"]
     total = sum(sizes)
     if len(sizes) < MIN_FILES or total > MAX_BYTES or total > MAX_MEAN_SIZE * len(sizes):
         return False
     if any("\n" in p or "\r" in p or "\\" in p for p in tree):  # a manifest line cannot carry these
         return False
-    if not facts.gnu_tar or (opts.verify and not (method == "xxhsum" and facts.xxhsum_checks)):
-        return False
     return local_gnu_tar()
 
 
-def receive_script(dest: str, stage: str, owner: str, verify: bool, end: str) -> str:
-    return _RECEIVE.format(dest=remote_path_expr(dest), stage=remote_path_expr(stage), end=end,
-                           owner=remote_path_expr(owner), verify=1 if verify else 0, manifest=MANIFEST_NAME)
+def accepts(facts, opts, method: str) -> bool:
+    """Whether the server can take and check the stream."""
+    return facts.gnu_tar and (not opts.verify or (method == "xxhsum" and facts.xxhsum_checks))
 
 
 def closing_archive(end: str, hashes: dict[str, str] | None) -> bytes:
     """What follows tar's own stream: the manifest (when verifying), then the
     end marker, as a second archive (the server's tar -i reads past the
-    first one's end)."""
+    first one's end). The end marker holds half the manifest's line count:
+    the server checks the two halves at once."""
     import tarfile
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
         members = [(MANIFEST_NAME, manifest_text(hashes).encode("utf-8", "surrogateescape"))] \
             if hashes is not None else []
-        for name, data in members + [(end, b"")]:
+        for name, data in members + [(end, f"{len(hashes or ()) // 2}\n".encode())]:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
             tf.addfile(info, io.BytesIO(data))
@@ -127,78 +177,251 @@ def _stream_size(tree: dict, dirs: dict) -> int:
     return 512 * (2 + len(dirs) + sum(1 + (f.size + 511) // 512 if f.kind == "f" else 1 for f in tree.values()))
 
 
-def send(src, host, stage: str, dest: str, owner: str, verify: bool, io_timeout: int, progress,
-         cancel) -> tuple[list[str], int]:
-    """Stream src (a local _Side with its tree) into the server's stage,
-    have it checked and published; returns (files sent, bytes). Gives up
-    after `io_timeout` seconds without progress, as rsync's --timeout does."""
-    files = sorted(p for p, f in src.tree.items() if f.kind == "f")
-    total = sum(src.tree[p].size for p in files)
-    # "." first (the directory's own mode and time), then parents before children
-    names = ["."] + ["./" + p for p in sorted(list(src.dirs) + list(src.tree))]
-    end = f".model-sync-end-{os.urandom(8).hex()}"
-    hashes = StreamHashes()  # also tells which files the stream really held
-    env = {k: v for k, v in os.environ.items() if k != "TAR_OPTIONS"}  # no user options in our stream
-    tar = ssh = None
-    with tempfile.NamedTemporaryFile(prefix="model-sync-names-") as listing:
-        listing.write(b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names))
-        listing.flush()
+def inspect_offering(host, path: str, verify: bool, stale_after: float):
+    """probe.inspect, in a session that stays open if the server offers a
+    stream (the model is new there and its lock is now ours). Returns
+    (facts, state, an Offer or None); an Offer must be closed."""
+    from .probe import inspect_script, inspection, sibling, state_reader, target_expr
+    from .transfer import LOCK_SUFFIX
+
+    token = os.urandom(8).hex()
+    stale = stale_seconds(stale_after)
+    lock = sibling(path, LOCK_SUFFIX)
+    offered = f"@@OFFER-{token}"
+    receive = _RECEIVE.format(end=f".model-sync-end-{token}", ticks=stale * 5, verify=1 if verify else 0,
+                              manifest=MANIFEST_NAME)
+    script = inspect_script(host, path, use_stage=True) + _OFFER.format(
+        lock=target_expr(lock), owner=target_expr(f"{lock}.owner-{token}"), offered=offered,
+        stale=stale, receive=receive)
+    reader = state_reader()  # parses while the output arrives
+    proc = subprocess.Popen(host.script_argv(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+    def offer_line() -> str | None:
+        """The offer's words after the marker (once the whole line came)."""
+        _, mark, rest = reader.tail.partition(offered + " ")
+        return rest.partition("\n")[0] if mark and "\n" in rest else None
+
+    try:
+        err = pump(proc, 600, reader.feed, until=lambda: offer_line() is not None)
+        line = offer_line()
+        if line is not None:
+            return (*inspection(host, path, reader, 0, ""),
+                    Offer(host, proc, err, f".model-sync-end-{token}", stale, gzip=line == "gzip"))
+    except subprocess.TimeoutExpired:
+        err = b"the inspection timed out"
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    stop_process_group(proc)  # (it has ended, unless it timed out)
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        f.close()
+    why = err.decode("utf-8", "replace")
+    host.check_session(proc.returncode, why)
+    return (*inspection(host, path, reader, 124 if proc.returncode is None else proc.returncode, why), None)
+
+
+class Offer:
+    """A server session that has inspected a new model's destination, holds
+    its lock and has made its staging directory, and now waits for the
+    answer: the stream (start, send), or no (close)."""
+
+    def __init__(self, host, proc: subprocess.Popen, err: bytes, end: str, stale: int, gzip: bool):
+        self.host, self.proc, self._err = host, proc, err
+        self.end, self.stale = end, stale  # the end marker's name; seconds without input before the lock lapses
+        self.gzip = gzip  # the server can take a gzipped stream
+        self.stream: LocalStream | None = None
+        self.closed = self.reading = False
+
+    def close(self) -> None:
+        """End the offer (again: nothing). Not started: declined (the server
+        removes the empty stage and lets the lock go; waited for, so that the
+        rsync path finds the lock free). Started: whatever still runs is
+        stopped; a stage not published stays for the next run to resume."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.stream is not None:
+            self.stream.stop()
+            if self.proc.poll() is None:
+                stop_process_group(self.proc)
+        else:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                stop_process_group(self.proc)
+        # (stdout and stderr stay open while send()'s readers may still be in
+        # them: the master holds their other ends until the session ends)
+        for f in (self.proc.stdin,) if self.reading else (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def start(self, path: str, tree: dict, dirs: dict) -> None:
+        """Accept the offer: start the stream of the local model directory
+        `path` (with its listing); send() then carries it."""
+        # gzip only a stream that is mostly tar's own headers and padding (many
+        # tiny files): that costs less CPU than it saves; file contents,
+        # weights above all, hardly compress
+        size = _stream_size(tree, dirs)
+        gzip = self.gzip and size - sum(f.size for f in tree.values() if f.kind == "f") > size // 2
+        os.set_blocking(self.proc.stdin.fileno(), False)
+        try:  # the answer first (a pipe takes one byte): the server starts its tar meanwhile
+            os.write(self.proc.stdin.fileno(), b"Z" if gzip else b"T")
+        except BrokenPipeError:
+            pass  # the server went away: send() reads why
+        self.stream = LocalStream(path, tree, dirs, gzip)
+
+    def send(self, verify: bool, io_timeout: int, progress, cancel) -> tuple[list[str], int]:
+        """Carry the stream into the server's stage, have it checked and
+        published; returns (files sent, bytes). Gives up after `io_timeout`
+        seconds without progress, as rsync's --timeout does."""
+        stream = self.stream
+        ssh, alias = self.proc, self.host.alias
         replies: dict[str, bytes] = {}
+        readers = [threading.Thread(target=lambda k=k, f=f: replies.__setitem__(k, f.read()), daemon=True)
+                   for k, f in (("out", ssh.stdout), ("err", ssh.stderr))]
+        for r in readers:
+            r.start()
+        self.reading = True
         try:
-            ssh = subprocess.Popen(host.script_argv(receive_script(dest, stage, owner, verify, end)),
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True)
-            tar = subprocess.Popen(["tar", "-c", "-f", "-", "--format=gnu", "--null", "--verbatim-files-from",
-                                    "--no-recursion", "--hard-dereference", "-C", src.path, "-T", listing.name],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   env=env)
-            readers = [threading.Thread(target=lambda k=k, f=f: replies.__setitem__(k, f.read()), daemon=True)
-                       for k, f in (("out", ssh.stdout), ("err", ssh.stderr), ("tar", tar.stderr))]
-            for r in readers:
-                r.start()
-            pipe = _Pipe(ssh.stdin, host.alias, io_timeout, cancel)
-            open_end = _relay(tar, pipe, total, _stream_size(src.tree, src.dirs), hashes, progress)
-            if not open_end:  # the server stopped reading: its exit code says why
-                tar.kill()
-                tar.wait()
-            elif tar.wait() != 0:
-                readers[2].join(5)
-                why = replies.get("tar", b"").decode("utf-8", "replace").strip().splitlines()
-                raise ModelSyncError(f"tar could not read {src.path}: {why[-1] if why else 'exit ' + str(tar.returncode)}"
-                                     "; nothing was published. Was the model changing while it was sent? Run again")
-            if open_end:
-                gone = [p for p in files if p not in hashes.hashes]
-                if gone:
-                    raise ModelSyncError(f"{len(gone)} file(s) went away while they were sent ({', '.join(gone[:5])}); "
-                                         "nothing was published. Run again once the model stays put")
-                if pipe.write(closing_archive(end, hashes.hashes if verify else None)):
+            pipe = _Pipe(ssh, alias, io_timeout, cancel)
+            if _relay(stream, pipe, progress):
+                stream.finish()  # tar's exit, and every file in the stream
+                if pipe.write(stream.closing(closing_archive(self.end, stream.hashes.hashes if verify else None))):
                     pipe.close()
-            code = pipe.wait(ssh)
+            code = pipe.wait(ssh, readers)  # when the server stopped reading, its exit code says why
         except BaseException:
-            if ssh is not None:
-                stop_process_group(ssh)
-            if tar is not None and tar.poll() is None:
-                tar.kill()
-                tar.wait()
+            stop_process_group(ssh)
             raise
-        for r in readers[:2]:
-            r.join(10)
-    out = replies.get("out", b"").decode("utf-8", "surrogateescape")
-    err = replies.get("err", b"").decode("utf-8", "replace").strip()
-    if code == 6:
-        bad = _failed_names(out.partition("@@CHECK\n")[2])
-        raise VerificationError(f"{host.alias}: {len(bad) or 'some'} file(s) differ after transfer "
-                                f"({', '.join(bad[:5])}); nothing was published. Rerun to send them again; "
-                                f"if it repeats, check the disk on {host.alias}")
-    if code == 9:
-        raise ModelSyncError(f"{host.alias}: this run's lock on the destination lapsed; nothing was published. "
-                             "Run the same command again")
-    if code != 0 or not out.rstrip().endswith("PUBLISHED"):
-        raise RemoteError(host.alias, f"receiving the stream failed: {err.splitlines()[-1] if err else 'exit ' + str(code)}",
-                          code, err)
-    if progress:
-        progress(total, total)
-    return files, total
+        finally:
+            stream.stop()
+        out = replies.get("out", b"").decode("utf-8", "surrogateescape")
+        err = (self._err + replies.get("err", b"")).decode("utf-8", "replace").strip()
+        if code == 6:
+            bad = _failed_names(out.partition("@@CHECK\n")[2])
+            raise VerificationError(f"{alias}: {len(bad) or 'some'} file(s) differ after transfer "
+                                    f"({', '.join(bad[:5])}); nothing was published. Rerun to send them again; "
+                                    f"if it repeats, check the disk on {alias}")
+        if code == 9:
+            raise ModelSyncError(f"{alias}: this run's lock on the destination lapsed (the stream stopped for "
+                                 f"{self.stale}s: was the process stopped, or the network down?); nothing was "
+                                 "published. Run the same command again")
+        if code != 0 or not out.rstrip().endswith("PUBLISHED"):
+            raise RemoteError(alias, f"receiving the stream failed: {err.splitlines()[-1] if err else 'exit ' + str(code)}",
+                              code, err)
+        if progress:
+            progress(stream.total, stream.total)
+        return stream.files, stream.total
+
+
+class LocalStream:
+    """tar's stream of a local model directory, read (and hashed, and
+    compressed if asked) on a thread up to READ_AHEAD bytes ahead of the
+    sending, so that reading the files and sending them overlap. stop() when
+    done or not wanted."""
+
+    def __init__(self, path: str, tree: dict, dirs: dict, gzip: bool = False):
+        import zlib
+
+        self.path = path
+        self.files = sorted(p for p, f in tree.items() if f.kind == "f")
+        self.total = sum(tree[p].size for p in self.files)
+        self.expected = _stream_size(tree, dirs)
+        self.hashes = StreamHashes()  # also tells which files the stream really held
+        # level 1: the bytes worth compressing are tar's headers and padding
+        self.gzip = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
+        self._chunks: list[bytes] = []
+        self._held = 0  # bytes of tar's stream read ahead, not taken yet
+        self._ended = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        # "." first (the directory's own mode and time), then parents before children
+        names = ["."] + ["./" + p for p in sorted(list(dirs) + list(tree))]
+        self._listing = tempfile.NamedTemporaryFile(prefix="model-sync-names-")
+        self._listing.write(b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names))
+        self._listing.flush()
+        env = {k: v for k, v in os.environ.items() if k != "TAR_OPTIONS"}  # no user options in our stream
+        self.tar = subprocess.Popen(["tar", "-c", "-f", "-", "--format=gnu", "--null", "--verbatim-files-from",
+                                     "--no-recursion", "--hard-dereference", "-C", path, "-T", self._listing.name],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        fd = self.tar.stdout.fileno()
+        try:
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if chunk:
+                    self.hashes.feed(chunk)
+                raw = len(chunk)
+                if chunk and self.gzip is not None:
+                    chunk = self.gzip.compress(chunk)
+                with self._cond:
+                    while raw and self._held >= READ_AHEAD and not self._ended:
+                        self._cond.wait()
+                    if self._ended:  # stopped
+                        return
+                    if not raw:
+                        self._ended = True
+                    else:
+                        self._chunks.append(chunk)
+                        self._held += raw
+                    self._cond.notify_all()
+                    if not raw:
+                        return
+        except BaseException as e:  # handed to the sending side
+            with self._cond:
+                self._error, self._ended = e, True
+                self._cond.notify_all()
+
+    def take(self, timeout: float) -> tuple[bytes, int] | None:
+        """The next part of the stream and how much of tar's stream it holds:
+        (b"", 0) if none came within `timeout`, None at its end."""
+        with self._cond:
+            if not self._chunks and not self._ended:
+                self._cond.wait(timeout)
+            if self._error is not None:
+                raise self._error
+            if self._chunks:
+                data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+                raw, self._chunks, self._held = self._held, [], 0
+                self._cond.notify_all()
+                return data, raw
+            return None if self._ended else (b"", 0)
+
+    def closing(self, data: bytes) -> bytes:
+        """What goes after the stream (its last bytes, compressed like it)."""
+        return data if self.gzip is None else self.gzip.compress(data) + self.gzip.flush()
+
+    def finish(self) -> None:
+        """After the last chunk: tar read everything, and every file is in the stream."""
+        if self.tar.wait() != 0:
+            why = self.tar.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            raise ModelSyncError(f"tar could not read {self.path}: {why[-1] if why else 'exit ' + str(self.tar.returncode)}"
+                                 "; nothing was published. Was the model changing while it was sent? Run again")
+        gone = [p for p in self.files if p not in self.hashes.hashes]
+        if gone:
+            raise ModelSyncError(f"{len(gone)} file(s) went away while they were sent ({', '.join(gone[:5])}); "
+                                 "nothing was published. Run again once the model stays put")
+
+    def stop(self) -> None:
+        """Stop tar and the reading (idempotent)."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+        if self.tar.poll() is None:
+            self.tar.kill()
+        self.tar.wait()
+        self._thread.join(5)
+        for f in (self.tar.stdout, self.tar.stderr, self._listing):
+            f.close()
 
 
 def _failed_names(report: str) -> list[str]:
@@ -215,19 +438,19 @@ def _failed_names(report: str) -> list[str]:
 
 
 class _Pipe:
-    """The ssh's stdin, written without blocking: a write that makes no
-    progress for `io_timeout` seconds fails (a stalled server or network),
-    and a cancel is seen within 0.2 s."""
+    """The stdin of an ssh session, written without blocking: a write that
+    makes no progress for `io_timeout` seconds fails (a stalled server or
+    network), and a cancel is seen within 0.2 s."""
 
-    def __init__(self, file, alias: str, io_timeout: int, cancel):
-        self.file, self.fd = file, file.fileno()
+    def __init__(self, ssh: subprocess.Popen, alias: str, io_timeout: int, cancel):
+        self.ssh, self.file, self.fd = ssh, ssh.stdin, ssh.stdin.fileno()
         self.alias, self.io_timeout, self.cancel = alias, io_timeout, cancel
         os.set_blocking(self.fd, False)
 
     def check(self, since: float) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise TransferCancelled(self.alias, "during the transfer")
-        if time.monotonic() - since > self.io_timeout:
+        if time.monotonic() - since > self.io_timeout and self.ssh.poll() is None:  # (else its exit code tells)
             raise ModelSyncError(f"{self.alias}: no progress for {self.io_timeout}s (io_timeout); nothing was "
                                  "published. Check the network and run the same command again to resume")
 
@@ -239,6 +462,10 @@ class _Pipe:
         while view:
             self.check(since)
             if not select.select([], [self.fd], [], 0.2)[1]:
+                # the session ended: its ssh (a client of the shared connection) has
+                # exited, while the master may keep the pipe's other end a while
+                if self.ssh.poll() is not None:
+                    return False
                 continue
             try:
                 n = os.write(self.fd, view)
@@ -255,36 +482,35 @@ class _Pipe:
         except OSError:
             pass
 
-    def wait(self, proc) -> int:
-        """The ssh's exit code, seeing a cancel meanwhile (the server's check
-        of every file takes its time: no deadline here; a dead network ends
-        the session through the master's keepalives)."""
-        while True:
-            try:
-                return proc.wait(0.2)
-            except subprocess.TimeoutExpired:
+    def wait(self, proc, readers: list[threading.Thread]) -> int:
+        """The ssh's exit code once the readers of its output are done,
+        seeing a cancel meanwhile (the server's check of every file takes its
+        time: no deadline here; a dead network ends the session through the
+        master's keepalives). A thread's end is seen at once; Popen.wait with
+        a timeout polls, up to 50 ms late."""
+        for r in readers:
+            while r.is_alive():
+                r.join(0.2)
                 self.check(time.monotonic())
+        return proc.wait()
 
 
-def _relay(tar, pipe: _Pipe, total: int, expected: int, hashes: "StreamHashes", progress) -> bool:
-    """tar's stream to the server (hashing its files on the way); False
-    when the server stopped reading."""
-    import select
-
-    sent, src, since = 0, tar.stdout.fileno(), time.monotonic()
+def _relay(stream: LocalStream, pipe: _Pipe, progress) -> bool:
+    """The stream to the server; False when the server stopped reading."""
+    sent, since = 0, time.monotonic()
     while True:
         pipe.check(since)
-        if not select.select([src], [], [], 0.2)[0]:
-            continue
-        chunk = os.read(src, 1 << 18)
-        if not chunk:
+        part = stream.take(0.2)
+        if part is None:
             return True
-        hashes.feed(chunk)
-        if not pipe.write(chunk):
-            return False
-        sent, since = sent + len(chunk), time.monotonic()
-        if progress:
-            progress(min(total, total * sent // max(expected, 1)), total)
+        data, raw = part
+        for i in range(0, len(data), 1 << 20):  # a slice at a time: progress as it goes
+            if not pipe.write(data[i:i + (1 << 20)]):
+                return False
+            sent = sent + raw * min(len(data) - i, 1 << 20) // len(data)
+            if progress:
+                progress(min(stream.total, stream.total * sent // max(stream.expected, 1)), stream.total)
+            since = time.monotonic()  # (after the callback: its time is not the network's)
 
 
 class StreamHashes:
@@ -296,7 +522,7 @@ class StreamHashes:
     def __init__(self):
         import xxhash
 
-        self._new = xxhash.xxh3_128
+        self._new, self._digest = xxhash.xxh3_128, xxhash.xxh3_128_hexdigest
         self.hashes: dict[str, str] = {}
         self._head = b""  # a header not complete yet
         self._left = 0  # data bytes of the current member still to come
@@ -308,6 +534,19 @@ class StreamHashes:
     def feed(self, data: bytes) -> None:
         view, pos, n = memoryview(data), 0, len(data)
         while pos < n:
+            if not (self._left or self._pad or self._head) and n - pos >= 512 and self._long_name is None:
+                # the common case: a plain file's header and data within this chunk, hashed in one call
+                head = data[pos:pos + 512]
+                kind, field = head[156:157], head[124:136]
+                if kind in (b"0", b"\0", b"7") and head[0] and not field[0] & 0x80:  # (no name: the end blocks)
+                    size = int(field.strip(b"\0 ") or b"0", 8)
+                    if pos + 512 + size <= n:
+                        name = head[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
+                        self.hashes[name[2:] if name.startswith("./") else name] = \
+                            self._digest(view[pos + 512:pos + 512 + size])
+                        end = pos + 512 + size + (-size % 512)
+                        pos, self._pad = min(end, n), max(0, end - n)
+                        continue
             if self._left:
                 take = min(self._left, n - pos)
                 if isinstance(self._sink, bytearray):

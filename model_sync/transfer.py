@@ -24,7 +24,7 @@ from typing import Callable
 from . import tarpush
 from .config import Config
 from .errors import ModelSyncError, RemoteError, TransferCancelled, UsageError, VerificationError
-from .hosts import LocalHost, open_host, remote_path_expr
+from .hosts import LocalHost, open_host, remote_path_expr, stale_seconds
 from .manifest import (MANIFEST_NAME, PARTIAL_DIR, SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text,
                        remote_hash_method)
 from .paths import relative_or_absolute
@@ -234,12 +234,17 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
     start = time.monotonic()
     server = host or open_host(alias, config)
     here = server if server.is_local else LocalHost.this_machine()
+    offer = None
     try:
         # one round trip: the server's tools, and the model directory there
-        # (for a push, the local listing meanwhile)
+        # (for a push, the local listing meanwhile); for a push that could go
+        # as a tar stream, the same session offers it when the model is new there
         with ThreadPoolExecutor(max_workers=1) as pool:
             local_tree = pool.submit(list_tree, here, local_abs) if direction == "push" else None
-            facts, remote = inspect(server, rel, use_stage=direction == "push")
+            if direction == "push" and not server.is_local and tarpush.may_offer(opts):
+                facts, remote, offer = tarpush.inspect_offering(server, rel, opts.verify, opts.io_timeout)
+            else:
+                facts, remote = inspect(server, rel, use_stage=direction == "push")
             local_tree = local_tree.result() if local_tree else None
         if not server.is_local:
             _check_rsync(facts, alias)
@@ -271,8 +276,10 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
                                   seconds=round(time.monotonic() - start, 3), verified=None, algorithm=None,
                                   up_to_date=True)
         return _transfer(direction, alias, src, dst, server_side, opts, method, progress, on_item, on_wait, cancel,
-                         start, facts)
+                         start, facts, offer)
     finally:
+        if offer is not None:
+            offer.close()  # if declined: the server drops its empty stage and the lock
         if host is None:
             server.close()
 
@@ -336,7 +343,7 @@ def _plan(src: _Side, dst: _Side, ropts: RsyncOptions, rsh, cancel) -> list[Plan
 
 def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts: TransferOptions, method,
               progress, on_item, on_wait, cancel,
-              start: float, facts: HostFacts) -> TransferResult:
+              start: float, facts: HostFacts, offer: "tarpush.Offer | None" = None) -> TransferResult:
     algorithm = SHA256 if method == "sha256" else XXH128
     parent, dst.stage, lock, old = _dest_paths(dst.path)
     rsh = _rsh(src, dst)
@@ -353,6 +360,27 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     result = TransferResult(direction=direction, server=alias, source=show(src), destination=show(dst),
                             files=0, bytes=0, seconds=0.0, verified=None, algorithm=None)
 
+    # a new model of many small files: one tar stream (see tarpush), into the
+    # stage the inspection's session made under the lock it holds. The server
+    # waits for it: the stream starts first, the plan is written meanwhile.
+    if offer is not None and not (tarpush.accepts(facts, opts, method) and tarpush.suits(src.tree, opts)):
+        offer.close()  # declined, before the rsync path takes the lock
+        offer = None
+    if offer is not None:
+        _check_space(alias, parent, dst.state.free_bytes, sum(f.size for f in src.tree.values() if f.kind == "f"))
+        stop_if_cancelled("before the transfer")
+        offer.start(src.path, src.tree, src.dirs)
+        result.planned = [PlannedFile(p, f.size, "send") for p, f in sorted(src.tree.items()) if f.kind == "f"]
+        result.sent, result.bytes = offer.send(opts.verify, opts.io_timeout, progress, cancel)
+        result.files, result.published, result.via = len(result.sent), True, "tar"
+        if opts.verify:
+            result.verified, result.algorithm = True, XXH128
+        if on_item:
+            for p in result.sent:
+                on_item(Item(">f+++++++++", src.tree[p].size, p))
+        result.seconds = round(time.monotonic() - start, 3)
+        return result
+
     # 1. plan, confirmation of deletions, room on the destination (from the
     # inspection before the lock: what the user decides on)
     result.planned = _plan(src, dst, ropts, rsh, cancel)
@@ -367,29 +395,8 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         return result
     if deletions and not opts.confirmed:
         raise ConfirmationNeeded(deletions, result.destination)
-    free = dst.state.free_bytes
-    if free is not None and to_send * SPACE_MARGIN > free:
-        from .render import human_size
-
-        raise InsufficientSpace(f"{alias}: not enough space at {parent}: need {human_size(int(to_send * SPACE_MARGIN))}, "
-                                f"available {human_size(free)}; free some space (see 'model-sync prune') or pick another path")
+    _check_space(alias, parent, dst.state.free_bytes, to_send)
     stop_if_cancelled("before the transfer")
-
-    # a new model of many small files: one tar stream (see tarpush)
-    if direction == "push" and not dst.host.is_local and tarpush.eligible(src.tree, dst.state, opts, facts, method):
-        then = tarpush.PREPARE.format(dest=remote_path_expr(dst.path), stage=remote_path_expr(dst.stage))
-        with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as held:
-            if held.output.strip() == "fresh":  # else it appeared meanwhile: the rsync path
-                result.sent, result.bytes = tarpush.send(src, dst.host, dst.stage, dst.path, held.owner,
-                                                         opts.verify, opts.io_timeout, progress, cancel)
-                result.files, result.published, result.via = len(result.sent), True, "tar"
-                if opts.verify:
-                    result.verified, result.algorithm = True, XXH128
-                if on_item:
-                    for p in result.sent:
-                        on_item(Item(">f+++++++++", src.tree[p].size, p))
-                result.seconds = round(time.monotonic() - start, 3)
-                return result
 
     # 2. under the lock: stage (clone, or resume), then look again at the stage
     # and the destination: what we act on is what is there now
@@ -478,7 +485,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
             stdin=manifest_text(manifest).encode("utf-8", "surrogateescape") if write else None)
         if res.exit_code == 9:
             raise ModelSyncError(f"{alias}: this run's lock on the destination lapsed (no heartbeat for "
-                                 f"{max(30, opts.io_timeout)}s: was the process stopped, or the network down?); "
+                                 f"{stale_seconds(opts.io_timeout)}s: was the process stopped, or the network down?); "
                                  "nothing was published. Run the same command again")
         if res.exit_code != 0:
             raise RemoteError(alias, f"publishing failed: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
@@ -486,6 +493,14 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         result.published = True
     result.seconds = round(time.monotonic() - start, 3)
     return result
+
+
+def _check_space(alias: str, parent: str, free: int | None, to_send: int) -> None:
+    if free is not None and to_send * SPACE_MARGIN > free:
+        from .render import human_size
+
+        raise InsufficientSpace(f"{alias}: not enough space at {parent}: need {human_size(int(to_send * SPACE_MARGIN))}, "
+                                f"available {human_size(free)}; free some space (see 'model-sync prune') or pick another path")
 
 
 def _reset_to_published(host, dest: str, stage: str, paths: list[str], published: dict) -> None:

@@ -29,6 +29,14 @@ def _small_model(root, n=N):
     return root
 
 
+def _uniform_model(root, size, n=tarpush.MIN_FILES + 100):
+    """n random files of `size` bytes in five directories."""
+    for i in range(n):
+        (root / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 5}" / f"t{i}.bin").write_bytes(os.urandom(size))
+    return root
+
+
 def _state(root):
     """Every entry below root: type, size, mode, mtime (whole seconds), link target."""
     out = {}
@@ -180,10 +188,7 @@ def test_a_lapsed_lock_stops_the_server_side_unpacking(bed, tmp_path):
     from model_sync import api
     from model_sync.config import load_config
 
-    m = tmp_path / "src" / "RTX3090_N2501_TOKENS_250731"
-    for i in range(tarpush.MIN_FILES + 100):
-        (m / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
-        (m / f"d{i % 5}" / f"t{i}.bin").write_bytes(os.urandom(100_000))
+    m = _uniform_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250731", 100_000)
     stage = bed.remote_base / f".{m.name}.model-sync-staging"
     seen = {}
 
@@ -218,10 +223,7 @@ def test_a_stalled_server_ends_the_push_after_io_timeout(bed, tmp_path):
     from model_sync.errors import ModelSyncError
     from model_sync.transfer import TransferOptions
 
-    m = tmp_path / "src" / "RTX3090_N2501_TOKENS_250732"
-    for i in range(tarpush.MIN_FILES + 100):
-        (m / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
-        (m / f"d{i % 5}" / f"t{i}.bin").write_bytes(os.urandom(100_000))
+    m = _uniform_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250732", 100_000)
     frozen = []
 
     def progress(done, total):
@@ -245,3 +247,94 @@ def test_a_stalled_server_ends_the_push_after_io_timeout(bed, tmp_path):
                 pass
     assert frozen and time.monotonic() - start < 60
     assert not (bed.remote_base / m.name).exists()
+
+
+def test_a_declined_offer_frees_the_lock_at_once(bed, tmp_path):
+    """The inspection's session offers the stream for any new model; one that
+    does not suit it (here: too few files) is declined, and the server drops
+    its empty stage and the lock before the rsync path asks for the lock,
+    even with --no-wait."""
+    m = _small_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250733", n=20)
+    res, doc = push_json(str(m), "bed", "--no-wait")
+    assert res.returncode == 0, res.stderr
+    assert doc["via"] == "rsync" and _state(bed.remote_base / m.name) == _state(m)
+    assert not list(bed.remote_base.glob(f".{m.name}.model-sync-*ing"))
+    assert not list(bed.remote_base.glob(f".{m.name}.model-sync-lock.owner-*"))
+
+
+def test_no_offer_while_another_writer_holds_the_lock(bed, tmp_path):
+    """The offer takes the lock only if it is free; otherwise the push queues
+    for it as every push does, and goes over rsync once it has it."""
+    import sys
+
+    m = _small_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250734")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from model_sync.config import load_config
+from model_sync.hosts import open_host
+host = open_host("bed", load_config())
+with host.lock({str(bed.remote_base / f".{m.name}.model-sync-lock")!r}):
+    print("held", flush=True)
+    time.sleep(3)
+"""], stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res, doc = push_json(str(m), "bed")
+    finally:
+        holder.wait(30)
+    assert res.returncode == 0, res.stderr
+    assert "waiting: another model-sync holds this destination" in res.stderr
+    assert doc["via"] == "rsync" and _state(bed.remote_base / m.name) == _state(m)
+
+
+def test_the_lock_lapses_when_the_stream_stops(bed, tmp_path, monkeypatch):
+    """The session that holds the lock is the one the stream comes through:
+    when nothing arrives for the lapse time (a stopped sender, a dead
+    network), the server stops its tar and lets the lock go, so a re-run is
+    not locked out; nothing is published, and the re-run resumes the stage."""
+    import time
+
+    from model_sync import api, hosts
+    from model_sync.config import load_config
+    from model_sync.errors import ModelSyncError
+    from model_sync.transfer import TransferOptions
+
+    monkeypatch.setattr(hosts, "MIN_STALE", 2)
+    m = _uniform_model(tmp_path / "src" / "RTX3090_N2501_TOKENS_250735", 30_000)
+    stalled = []
+
+    def progress(done, total):
+        if not stalled and done:
+            stalled.append(done)
+            time.sleep(5)  # silent for longer than the 2 s lapse time
+
+    with pytest.raises(ModelSyncError, match="lock on the destination lapsed .the stream stopped for 2s"):
+        api.push(str(m), "bed", load_config(), opts=TransferOptions(io_timeout=2), progress=progress)
+    assert stalled and not (bed.remote_base / m.name).exists()
+    assert not list(bed.remote_base.glob(f".{m.name}.model-sync-lock.owner-*"))
+    res, doc = push_json(str(m), "bed", "--no-wait")  # the lock is free again
+    assert res.returncode == 0, res.stderr
+    assert doc["via"] == "rsync" and doc["verified"] is True
+    assert _state(bed.remote_base / m.name) == _state(m)
+
+
+@pytest.mark.parametrize("size, gzipped", [(300, True), (30_000, False)])
+def test_only_a_stream_of_mostly_tar_headers_is_gzipped(bed, tmp_path, monkeypatch, size, gzipped):
+    """Tiny files make a stream of mostly 512-byte headers and padding,
+    which gzip shrinks for less CPU than carrying it costs; larger files
+    (weights) go as they are."""
+    from model_sync import api
+    from model_sync.config import load_config
+
+    seen = []
+    real = tarpush.LocalStream.__init__
+
+    def spy(self, path, tree, dirs, gzip=False):
+        seen.append(gzip)
+        real(self, path, tree, dirs, gzip)
+
+    monkeypatch.setattr(tarpush.LocalStream, "__init__", spy)
+    m = _uniform_model(tmp_path / "src" / f"RTX3090_N2501_TOKENS_2507{36 + gzipped}", size, tarpush.MIN_FILES + 10)
+    result = api.push(str(m), "bed", load_config())
+    assert result.via == "tar" and result.verified is True and seen == [gzipped]
+    assert _state(bed.remote_base / m.name) == _state(m)
