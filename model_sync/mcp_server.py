@@ -47,6 +47,7 @@ from typing import Annotated, Any, Callable, TypeVar
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
@@ -212,25 +213,30 @@ class CallAbandoned(Exception):
 
 class ProgressBridge:
     """`progress(done_bytes, total_bytes)` for the core, called from the worker
-    thread; forwards to the client as MCP progress at most every `interval`."""
+    thread or from threads of the core's own (parallel rsync streams);
+    forwards to the client as MCP progress at most every `interval`. Made on
+    the event loop, whose token it keeps for those threads."""
 
     def __init__(self, ctx: Context, abandoned: threading.Event, interval: float = 0.25):
         self.ctx = ctx
         self.abandoned = abandoned
         self.interval = interval
         self._last = 0.0
+        self._token = anyio.lowlevel.current_token()
+        self._lock = threading.Lock()  # several streams report at once
 
     def __call__(self, done: int, total: int | None = None) -> None:
         if self.abandoned.is_set():
             raise CallAbandoned("the MCP call was cancelled or timed out")
         now = time.monotonic()
         final = total is not None and done >= total
-        if not final and now - self._last < self.interval:
-            return
-        self._last = now
+        with self._lock:
+            if not final and now - self._last < self.interval:
+                return
+            self._last = now
         message = render.human_size(done) + (f" of {render.human_size(total)}" if total else "")
         try:
-            anyio.from_thread.run(self.ctx.report_progress, done, total, message)
+            anyio.from_thread.run(self.ctx.report_progress, done, total, message, token=self._token)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the client went away; progress is advisory, the call's end decides
 

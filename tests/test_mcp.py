@@ -454,6 +454,30 @@ async def test_push_streams_and_up_to_date_over_mcp(session, bed):
     assert "Already up to date" in text_of(r)
 
 
+async def test_parallel_streams_report_progress_over_mcp(session, bed):
+    """With 64 MiB or more in several files a push runs several rsyncs at
+    once; their progress comes from the core's own threads and still reaches
+    the client."""
+    import os
+
+    from model_sync.transfer import PARALLEL_MIN_BYTES
+
+    src = bed.local_base / "RTX3090_N2501_SHARDS_250715"
+    src.mkdir()
+    for i in range(2):
+        (src / f"shard-{i}.bin").write_bytes(os.urandom(PARALLEL_MIN_BYTES // 2 + 1))
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total))
+
+    r = await session.call_tool("push", {"model": src.name, "server": "bed", "streams": 2},
+                                progress_callback=on_progress)
+    assert not r.is_error, r.content
+    assert r.structured_content["published"] is True and r.structured_content["verified"] is True
+    assert seen and seen[-1][0] == seen[-1][1] == PARALLEL_MIN_BYTES + 2
+
+
 async def test_push_with_delete_needs_confirm(session, bed):
     src = _local_model(bed)
     assert not (await session.call_tool("push", {"model": src.name, "server": "bed"})).is_error
