@@ -58,14 +58,20 @@ ms_offer() {{
   return 1
 }}
 if ms_offer; then
-  trap 'rm -f -- "$owner"' EXIT; trap 'exit 1' HUP INT TERM PIPE
+  trap 'rm -f -- "$owner" "$owner.0" "$owner.1" "$owner.out"' EXIT; trap 'exit 1' HUP INT TERM PIPE
   if command -v gzip >/dev/null 2>&1; then z=gzip; else z=plain; fi
   printf '%s %s\n' {offered} $z
-  case $(timeout {stale} head -c 1) in  # T: a tar stream; Z: gzipped (tar -z runs gzip -d)
-    T) z= ;;
-    Z) z=-z ;;
-    *) rmdir -- "$stage"; exit 0 ;;
-  esac
+  # the answer: T, a tar stream; Z, gzipped (tar -z runs gzip -d); nothing, no.
+  # While the sender still works it out, a "k" every few seconds.
+  while :; do
+    a=$(timeout {stale} head -c 1); w=$?
+    case $a in
+      k) ;;
+      T) z=; break ;;
+      Z) z=-z; break ;;
+      *) rmdir -- "$stage"; if [ $w = 124 ]; then exit 10; fi; exit 0 ;;
+    esac
+  done
   dest=$target
 {receive}fi
 """
@@ -104,18 +110,19 @@ if [ {verify} = 1 ]; then
   echo @@CHECK
   case $half in ''|*[!0-9]*) half=0;; esac
   if [ "$half" -gt 0 ]; then  # two checkers, a half of the manifest each
-    head -n "$half" ./{manifest} > "$end.0" && tail -n "+$((half + 1))" ./{manifest} > "$end.1" || exit 3
-    xxhsum -c --quiet -- "$end.0" > "$end.out" 2>&1 & c=$!
-    xxhsum -c --quiet -- "$end.1"; ok=$?
+    # (next to the owner file: the stage's own directory may be read-only now)
+    head -n "$half" ./{manifest} > "$owner.0" && tail -n "+$((half + 1))" ./{manifest} > "$owner.1" || exit 3
+    xxhsum -c --quiet -- "$owner.0" > "$owner.out" 2>&1 & c=$!
+    xxhsum -c --quiet -- "$owner.1"; ok=$?
     wait $c || ok=1
-    if [ -s "$end.out" ]; then cat -- "$end.out"; fi
+    if [ -s "$owner.out" ]; then cat -- "$owner.out"; fi
   else
     xxhsum -c --quiet -- ./{manifest}; ok=$?
   fi
   if [ $ok != 0 ]; then cd / && rm -rf -- "$stage"; exit 6; fi
   touch -- ./{manifest}  # its time is the server's: diff --checksum trusts it only for older files
 fi
-rm -f -- "$end" "$end.0" "$end.1" "$end.out" || exit 3
+rm -f -- "$end" || exit 3
 if [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
 if [ -e "$dest" ] || [ -L "$dest" ]; then echo "the destination appeared meanwhile" >&2; exit 7; fi
 mv -- "$stage" "$dest" || exit 3
@@ -232,6 +239,26 @@ class Offer:
         self.gzip = gzip  # the server can take a gzipped stream
         self.stream: LocalStream | None = None
         self.closed = self.reading = False
+        # until the answer: a "k" every stale/4 s keeps the offer open while
+        # this side lists the model and plans
+        self._answering = threading.Lock()
+        self._answered = threading.Event()
+        threading.Thread(target=self._keep_open, daemon=True).start()
+
+    def _keep_open(self) -> None:
+        while not self._answered.wait(self.stale / 4):
+            with self._answering:
+                if self._answered.is_set():
+                    return
+                try:
+                    os.write(self.proc.stdin.fileno(), b"k")
+                except OSError:
+                    return  # the session ended: start() finds out
+
+    def _answer(self) -> None:
+        """No more keep-alives (the answer, or no answer, follows)."""
+        with self._answering:
+            self._answered.set()
 
     def close(self) -> None:
         """End the offer (again: nothing). Not started: declined (the server
@@ -241,6 +268,7 @@ class Offer:
         if self.closed:
             return
         self.closed = True
+        self._answer()
         if self.stream is not None:
             self.stream.stop()
             if self.proc.poll() is None:
@@ -262,9 +290,15 @@ class Offer:
             except OSError:
                 pass
 
-    def start(self, path: str, tree: dict, dirs: dict) -> None:
+    def start(self, path: str, tree: dict, dirs: dict) -> bool:
         """Accept the offer: start the stream of the local model directory
-        `path` (with its listing); send() then carries it."""
+        `path` (with its listing); send() then carries it. False if the offer
+        had lapsed (this process was stopped longer than the lapse time): the
+        server let the lock go, and the push takes the rsync path."""
+        self._answer()
+        if self.proc.poll() is not None:
+            self.close()
+            return False
         # gzip only a stream that is mostly tar's own headers and padding (many
         # tiny files): that costs less CPU than it saves; file contents,
         # weights above all, hardly compress
@@ -276,6 +310,7 @@ class Offer:
         except BrokenPipeError:
             pass  # the server went away: send() reads why
         self.stream = LocalStream(path, tree, dirs, gzip)
+        return True
 
     def send(self, verify: bool, io_timeout: int, progress, cancel) -> tuple[list[str], int]:
         """Carry the stream into the server's stage, have it checked and
@@ -303,6 +338,7 @@ class Offer:
             stream.stop()
         out = replies.get("out", b"").decode("utf-8", "surrogateescape")
         err = (self._err + replies.get("err", b"")).decode("utf-8", "replace").strip()
+        self.host.check_session(code, err)
         if code == 6:
             bad = _failed_names(out.partition("@@CHECK\n")[2])
             raise VerificationError(f"{alias}: {len(bad) or 'some'} file(s) differ after transfer "
@@ -312,9 +348,14 @@ class Offer:
             raise ModelSyncError(f"{alias}: this run's lock on the destination lapsed (the stream stopped for "
                                  f"{self.stale}s: was the process stopped, or the network down?); nothing was "
                                  "published. Run the same command again")
+        if code == 10:
+            raise ModelSyncError(f"{alias}: the server stopped waiting for the stream (no word from this side for "
+                                 f"{self.stale}s: was the process stopped?); nothing was published. "
+                                 "Run the same command again")
         if code != 0 or not out.rstrip().endswith("PUBLISHED"):
-            raise RemoteError(alias, f"receiving the stream failed: {err.splitlines()[-1] if err else 'exit ' + str(code)}",
-                              code, err)
+            why = _first_error(err) or (f"the session ended (signal {-code})" if code < 0 else f"exit {code}")
+            raise RemoteError(alias, f"receiving the stream failed: {why}; nothing was published. "
+                                     "Run the same command again to resume", code, err)
         if progress:
             progress(stream.total, stream.total)
         return stream.files, stream.total
@@ -350,8 +391,16 @@ class LocalStream:
         self.tar = subprocess.Popen(["tar", "-c", "-f", "-", "--format=gnu", "--null", "--verbatim-files-from",
                                      "--no-recursion", "--hard-dereference", "-C", path, "-T", self._listing.name],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        self._complaints = bytearray()  # tar's stderr, drained as it comes (a full pipe would stop tar)
+        self._threads = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=self._drain, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _drain(self) -> None:
+        for line in self.tar.stderr:
+            if len(self._complaints) < 1 << 16:  # the first ones say what went wrong
+                self._complaints += line
 
     def _read(self) -> None:
         fd = self.tar.stdout.fileno()
@@ -403,9 +452,10 @@ class LocalStream:
     def finish(self) -> None:
         """After the last chunk: tar read everything, and every file is in the stream."""
         if self.tar.wait() != 0:
-            why = self.tar.stderr.read().decode("utf-8", "replace").strip().splitlines()
-            raise ModelSyncError(f"tar could not read {self.path}: {why[-1] if why else 'exit ' + str(self.tar.returncode)}"
-                                 "; nothing was published. Was the model changing while it was sent? Run again")
+            self._threads[1].join(5)
+            why = _first_error(self._complaints.decode("utf-8", "replace")) or f"exit {self.tar.returncode}"
+            raise ModelSyncError(f"tar could not read {self.path}: {why}; nothing was published. "
+                                 "Was the model changing while it was sent? Run again")
         gone = [p for p in self.files if p not in self.hashes.hashes]
         if gone:
             raise ModelSyncError(f"{len(gone)} file(s) went away while they were sent ({', '.join(gone[:5])}); "
@@ -419,9 +469,18 @@ class LocalStream:
         if self.tar.poll() is None:
             self.tar.kill()
         self.tar.wait()
-        self._thread.join(5)
+        for t in self._threads:
+            t.join(5)
         for f in (self.tar.stdout, self.tar.stderr, self._listing):
             f.close()
+
+
+def _first_error(text: str) -> str:
+    """The line of tar's (or the shell's) complaints that says what went
+    wrong: the first `tar: ` line but the closing summary, else the last."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if ln.startswith("tar: ") and "Exiting with failure status" not in ln), None)
+    return first or (lines[-1] if lines else "")
 
 
 def _failed_names(report: str) -> list[str]:

@@ -369,7 +369,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     if offer is not None:
         _check_space(alias, parent, dst.state.free_bytes, sum(f.size for f in src.tree.values() if f.kind == "f"))
         stop_if_cancelled("before the transfer")
-        offer.start(src.path, src.tree, src.dirs)
+    if offer is not None and offer.start(src.path, src.tree, src.dirs):  # (False: it lapsed meanwhile)
         result.planned = [PlannedFile(p, f.size, "send") for p, f in sorted(src.tree.items()) if f.kind == "f"]
         result.sent, result.bytes = offer.send(opts.verify, opts.io_timeout, progress, cancel)
         result.files, result.published, result.via = len(result.sent), True, "tar"

@@ -338,3 +338,61 @@ def test_only_a_stream_of_mostly_tar_headers_is_gzipped(bed, tmp_path, monkeypat
     result = api.push(str(m), "bed", load_config())
     assert result.via == "tar" and result.verified is True and seen == [gzipped]
     assert _state(bed.remote_base / m.name) == _state(m)
+
+
+def test_files_gone_before_tar_reads_them_fail_at_once(bed, tmp_path, monkeypatch):
+    """Files that go between the listing and the stream make tar complain,
+    one line each; its complaints are read as they come (a full pipe would
+    stop tar, and the push would wait out io_timeout blaming the network)
+    and the first one is shown."""
+    from model_sync import api
+    from model_sync.config import load_config
+    from model_sync.errors import ModelSyncError
+    from model_sync.transfer import TransferOptions
+
+    m = tmp_path / "src" / "RTX3090_N2501_TOKENS_250738"
+    deep = m / ("a-rather-long-directory-name-" * 2)
+    for i in range(tarpush.MIN_FILES + 1500):
+        deep.mkdir(parents=True, exist_ok=True)
+        (deep / f"tensor-shard-with-a-long-name-{i:05d}.bin").write_bytes(b"x")
+    real = tarpush.LocalStream.__init__
+
+    def vanish_first(self, path, tree, dirs, gzip=False):
+        for p in sorted(tree)[:1500]:
+            os.unlink(os.path.join(path, p))
+        real(self, path, tree, dirs, gzip)
+
+    monkeypatch.setattr(tarpush.LocalStream, "__init__", vanish_first)
+    with pytest.raises(ModelSyncError, match=r"tar could not read .*tensor-shard-with-a-long-name-00000.bin.*"
+                                             r"nothing was published"):
+        api.push(str(m), "bed", load_config(), opts=TransferOptions(io_timeout=5))
+    assert not (bed.remote_base / m.name).exists()
+
+
+@pytest.mark.parametrize("keep_open", [True, False])
+def test_the_offer_waits_for_a_slow_sender_and_lapses_for_a_silent_one(bed, tmp_path, monkeypatch, keep_open):
+    """While this side still lists and plans, it keeps the offer open; a
+    sender that went silent (stopped) for longer than the lapse time finds
+    the offer gone, the lock free, and pushes over rsync."""
+    import time
+
+    from model_sync import api, hosts
+    from model_sync.config import load_config
+    from model_sync.transfer import TransferOptions
+
+    monkeypatch.setattr(hosts, "MIN_STALE", 2)
+    if not keep_open:
+        monkeypatch.setattr(tarpush.Offer, "_keep_open", lambda self: None)
+    real = tarpush.suits
+
+    def slow(tree, opts):
+        time.sleep(4)  # twice the lapse time
+        return real(tree, opts)
+
+    monkeypatch.setattr(tarpush, "suits", slow)
+    m = _small_model(tmp_path / "src" / f"RTX3090_N2501_TOKENS_2507{40 + keep_open}")
+    result = api.push(str(m), "bed", load_config(), opts=TransferOptions(io_timeout=2))
+    assert result.published and result.verified is True
+    assert result.via == ("tar" if keep_open else "rsync")
+    assert _state(bed.remote_base / m.name) == _state(m)
+    assert not list(bed.remote_base.glob(f".{m.name}.model-sync-lock.owner-*"))
