@@ -89,7 +89,7 @@ unset TAR_OPTIONS
 end=./{end}
 cd -- "$stage" || exit 3
 exec 3<&0
-tar -x $z -i -p -f - <&3 3<&- 9>&- & t=$!
+tar -x $z -b 256 -i -p -f - <&3 3<&- 9>&- & t=$!
 exec 3<&-
 (last=; n=0
  while kill -0 $t 2>/dev/null; do
@@ -214,7 +214,7 @@ def inspect_offering(host, path: str, verify: bool, stale_after: float):
         line = offer_line()
         if line is not None:
             return (*inspection(host, path, reader, 0, ""),
-                    Offer(host, proc, err, f".model-sync-end-{token}", stale, gzip=line == "gzip"))
+                    Offer(host, proc, err, f".model-sync-end-{token}", verify, stale, gzip=line == "gzip"))
     except subprocess.TimeoutExpired:
         err = b"the inspection timed out"
     except BaseException:
@@ -231,11 +231,12 @@ def inspect_offering(host, path: str, verify: bool, stale_after: float):
 class Offer:
     """A server session that has inspected a new model's destination, holds
     its lock and has made its staging directory, and now waits for the
-    answer: the stream (start, send), or no (close)."""
+    answer: the stream (start, send, finish), or no (close)."""
 
-    def __init__(self, host, proc: subprocess.Popen, err: bytes, end: str, stale: int, gzip: bool):
+    def __init__(self, host, proc: subprocess.Popen, err: bytes, end: str, verify: bool, stale: int, gzip: bool):
         self.host, self.proc, self._err = host, proc, err
-        self.end, self.stale = end, stale  # the end marker's name; seconds without input before the lock lapses
+        self.end, self.verify = end, verify  # the end marker's name; whether the server checks the files
+        self.stale = stale  # seconds without input before the lock lapses
         self.gzip = gzip  # the server can take a gzipped stream
         self.stream: LocalStream | None = None
         self.closed = self.reading = False
@@ -309,33 +310,40 @@ class Offer:
             os.write(self.proc.stdin.fileno(), b"Z" if gzip else b"T")
         except BrokenPipeError:
             pass  # the server went away: send() reads why
-        self.stream = LocalStream(path, tree, dirs, gzip)
+        self.stream = LocalStream(path, tree, dirs, self.end, self.verify, gzip)
         return True
 
-    def send(self, verify: bool, io_timeout: int, progress, cancel) -> tuple[list[str], int]:
-        """Carry the stream into the server's stage, have it checked and
-        published; returns (files sent, bytes). Gives up after `io_timeout`
-        seconds without progress, as rsync's --timeout does."""
-        stream = self.stream
-        ssh, alias = self.proc, self.host.alias
-        replies: dict[str, bytes] = {}
-        readers = [threading.Thread(target=lambda k=k, f=f: replies.__setitem__(k, f.read()), daemon=True)
-                   for k, f in (("out", ssh.stdout), ("err", ssh.stderr))]
-        for r in readers:
+    def send(self, io_timeout: int, progress, cancel) -> None:
+        """Carry the stream and its closing archive into the server's stage;
+        finish() then waits while the server checks and publishes. Gives up
+        after `io_timeout` seconds without progress, as rsync's --timeout does."""
+        stream, ssh = self.stream, self.proc
+        self._replies: dict[str, bytes] = {}
+        self._readers = [threading.Thread(target=lambda k=k, f=f: self._replies.__setitem__(k, f.read()),
+                                          daemon=True) for k, f in (("out", ssh.stdout), ("err", ssh.stderr))]
+        for r in self._readers:
             r.start()
         self.reading = True
+        self._pipe, self._progress = _Pipe(ssh, self.host.alias, io_timeout, cancel), progress
         try:
-            pipe = _Pipe(ssh, alias, io_timeout, cancel)
-            if _relay(stream, pipe, progress):
-                stream.finish()  # tar's exit, and every file in the stream
-                if pipe.write(stream.closing(closing_archive(self.end, stream.hashes.hashes if verify else None))):
-                    pipe.close()
-            code = pipe.wait(ssh, readers)  # when the server stopped reading, its exit code says why
+            if _relay(stream, self._pipe, progress):  # (else the server stopped reading: finish() says why)
+                self._pipe.close()
         except BaseException:
             stop_process_group(ssh)
             raise
         finally:
             stream.stop()
+
+    def finish(self) -> tuple[list[str], int]:
+        """The server's verdict once it has checked every file and published
+        the stage; returns (files sent, bytes)."""
+        stream, alias = self.stream, self.host.alias
+        try:
+            code = self._pipe.wait(self.proc, self._readers)
+        except BaseException:
+            stop_process_group(self.proc)
+            raise
+        replies = self._replies
         out = replies.get("out", b"").decode("utf-8", "surrogateescape")
         err = (self._err + replies.get("err", b"")).decode("utf-8", "replace").strip()
         self.host.check_session(code, err)
@@ -356,28 +364,29 @@ class Offer:
             why = _first_error(err) or (f"the session ended (signal {-code})" if code < 0 else f"exit {code}")
             raise RemoteError(alias, f"receiving the stream failed: {why}; nothing was published. "
                                      "Run the same command again to resume", code, err)
-        if progress:
-            progress(stream.total, stream.total)
+        if self._progress:
+            self._progress(stream.total, stream.total)
         return stream.files, stream.total
 
 
 class LocalStream:
-    """tar's stream of a local model directory, read (and hashed, and
-    compressed if asked) on a thread up to READ_AHEAD bytes ahead of the
-    sending, so that reading the files and sending them overlap. stop() when
-    done or not wanted."""
+    """tar's stream of a local model directory, then the closing archive
+    (the manifest if `verify`, and the end marker `end`), read, hashed and
+    compressed if asked on a thread up to READ_AHEAD bytes ahead of the
+    sending, so that reading the files and sending them overlap. The closing
+    archive comes only if tar read every file. stop() when done or not wanted."""
 
-    def __init__(self, path: str, tree: dict, dirs: dict, gzip: bool = False):
+    def __init__(self, path: str, tree: dict, dirs: dict, end: str, verify: bool, gzip: bool = False):
         import zlib
 
-        self.path = path
+        self.path, self.end, self.verify = path, end, verify
         self.files = sorted(p for p, f in tree.items() if f.kind == "f")
         self.total = sum(tree[p].size for p in self.files)
         self.expected = _stream_size(tree, dirs)
         self.hashes = StreamHashes()  # also tells which files the stream really held
         # level 1: the bytes worth compressing are tar's headers and padding
         self.gzip = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
-        self._chunks: list[bytes] = []
+        self._chunks: list[tuple[bytes, int]] = []
         self._held = 0  # bytes of tar's stream read ahead, not taken yet
         self._ended = False
         self._error: BaseException | None = None
@@ -388,7 +397,7 @@ class LocalStream:
         self._listing.write(b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names))
         self._listing.flush()
         env = {k: v for k, v in os.environ.items() if k != "TAR_OPTIONS"}  # no user options in our stream
-        self.tar = subprocess.Popen(["tar", "-c", "-f", "-", "--format=gnu", "--null", "--verbatim-files-from",
+        self.tar = subprocess.Popen(["tar", "-c", "-b", "256", "-f", "-", "--format=gnu", "--null", "--verbatim-files-from",
                                      "--no-recursion", "--hard-dereference", "-C", path, "-T", self._listing.name],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._complaints = bytearray()  # tar's stderr, drained as it comes (a full pipe would stop tar)
@@ -405,52 +414,48 @@ class LocalStream:
     def _read(self) -> None:
         fd = self.tar.stdout.fileno()
         try:
-            while True:
+            last = False
+            while not last:
                 chunk = os.read(fd, 1 << 20)
                 if chunk:
                     self.hashes.feed(chunk)
+                else:  # tar is done: the closing archive, if it read everything
+                    self._check()
+                    chunk, last = closing_archive(self.end, self.hashes.hashes if self.verify else None), True
                 raw = len(chunk)
-                if chunk and self.gzip is not None:
-                    chunk = self.gzip.compress(chunk)
+                if self.gzip is not None:
+                    chunk = self.gzip.compress(chunk) + (self.gzip.flush() if last else b"")
                 with self._cond:
-                    while raw and self._held >= READ_AHEAD and not self._ended:
+                    while self._held >= READ_AHEAD and not self._ended:
                         self._cond.wait()
                     if self._ended:  # stopped
                         return
-                    if not raw:
-                        self._ended = True
-                    else:
-                        self._chunks.append(chunk)
-                        self._held += raw
+                    self._chunks.append((chunk, raw))
+                    self._held += raw
+                    self._ended = last
                     self._cond.notify_all()
-                    if not raw:
-                        return
         except BaseException as e:  # handed to the sending side
             with self._cond:
                 self._error, self._ended = e, True
                 self._cond.notify_all()
 
-    def take(self, timeout: float) -> tuple[bytes, int] | None:
-        """The next part of the stream and how much of tar's stream it holds:
-        (b"", 0) if none came within `timeout`, None at its end."""
+    def take(self, timeout: float) -> list[tuple[bytes, int]] | None:
+        """The parts of the stream read so far, each with how much of tar's
+        stream it holds (at most 1 MiB): [] if none came within `timeout`,
+        None at the end."""
         with self._cond:
             if not self._chunks and not self._ended:
                 self._cond.wait(timeout)
             if self._error is not None:
                 raise self._error
             if self._chunks:
-                data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-                raw, self._chunks, self._held = self._held, [], 0
+                parts, self._chunks, self._held = self._chunks, [], 0
                 self._cond.notify_all()
-                return data, raw
-            return None if self._ended else (b"", 0)
+                return parts
+            return None if self._ended else []
 
-    def closing(self, data: bytes) -> bytes:
-        """What goes after the stream (its last bytes, compressed like it)."""
-        return data if self.gzip is None else self.gzip.compress(data) + self.gzip.flush()
-
-    def finish(self) -> None:
-        """After the last chunk: tar read everything, and every file is in the stream."""
+    def _check(self) -> None:
+        """At the end of tar's stream: tar read everything, and every file is in it."""
         if self.tar.wait() != 0:
             self._threads[1].join(5)
             why = _first_error(self._complaints.decode("utf-8", "replace")) or f"exit {self.tar.returncode}"
@@ -559,14 +564,13 @@ def _relay(stream: LocalStream, pipe: _Pipe, progress) -> bool:
     sent, since = 0, time.monotonic()
     while True:
         pipe.check(since)
-        part = stream.take(0.2)
-        if part is None:
+        parts = stream.take(0.2)
+        if parts is None:
             return True
-        data, raw = part
-        for i in range(0, len(data), 1 << 20):  # a slice at a time: progress as it goes
-            if not pipe.write(data[i:i + (1 << 20)]):
+        for data, raw in parts:
+            if not pipe.write(data):
                 return False
-            sent = sent + raw * min(len(data) - i, 1 << 20) // len(data)
+            sent += raw
             if progress:
                 progress(min(stream.total, stream.total * sent // max(stream.expected, 1)), stream.total)
             since = time.monotonic()  # (after the callback: its time is not the network's)

@@ -361,8 +361,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
                             files=0, bytes=0, seconds=0.0, verified=None, algorithm=None)
 
     # a new model of many small files: one tar stream (see tarpush), into the
-    # stage the inspection's session made under the lock it holds. The server
-    # waits for it: the stream starts first, the plan is written meanwhile.
+    # stage the inspection's session made under the lock it holds
     if offer is not None and not (tarpush.accepts(facts, opts, method) and tarpush.suits(src.tree, opts)):
         offer.close()  # declined, before the rsync path takes the lock
         offer = None
@@ -370,8 +369,10 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         _check_space(alias, parent, dst.state.free_bytes, sum(f.size for f in src.tree.values() if f.kind == "f"))
         stop_if_cancelled("before the transfer")
     if offer is not None and offer.start(src.path, src.tree, src.dirs):  # (False: it lapsed meanwhile)
+        offer.send(opts.io_timeout, progress, cancel)
+        # the plan (every file: the destination is new) while the server checks them
         result.planned = [PlannedFile(p, f.size, "send") for p, f in sorted(src.tree.items()) if f.kind == "f"]
-        result.sent, result.bytes = offer.send(opts.verify, opts.io_timeout, progress, cancel)
+        result.sent, result.bytes = offer.finish()
         result.files, result.published, result.via = len(result.sent), True, "tar"
         if opts.verify:
             result.verified, result.algorithm = True, XXH128

@@ -228,7 +228,7 @@ def test_a_stalled_server_ends_the_push_after_io_timeout(bed, tmp_path):
 
     def progress(done, total):
         if not frozen and done:
-            pids = subprocess.run(["pgrep", "-x", "-f", "tar -x -i -p -f -"], capture_output=True,
+            pids = subprocess.run(["pgrep", "-x", "-f", "tar -x -b 256 -i -p -f -"], capture_output=True,
                                   text=True).stdout.split()
             for pid in pids:
                 os.kill(int(pid), signal.SIGSTOP)
@@ -329,9 +329,9 @@ def test_only_a_stream_of_mostly_tar_headers_is_gzipped(bed, tmp_path, monkeypat
     seen = []
     real = tarpush.LocalStream.__init__
 
-    def spy(self, path, tree, dirs, gzip=False):
-        seen.append(gzip)
-        real(self, path, tree, dirs, gzip)
+    def spy(self, *args):
+        seen.append(args[-1])  # gzip
+        real(self, *args)
 
     monkeypatch.setattr(tarpush.LocalStream, "__init__", spy)
     m = _uniform_model(tmp_path / "src" / f"RTX3090_N2501_TOKENS_2507{36 + gzipped}", size, tarpush.MIN_FILES + 10)
@@ -357,10 +357,10 @@ def test_files_gone_before_tar_reads_them_fail_at_once(bed, tmp_path, monkeypatc
         (deep / f"tensor-shard-with-a-long-name-{i:05d}.bin").write_bytes(b"x")
     real = tarpush.LocalStream.__init__
 
-    def vanish_first(self, path, tree, dirs, gzip=False):
+    def vanish_first(self, path, tree, *rest):
         for p in sorted(tree)[:1500]:
             os.unlink(os.path.join(path, p))
-        real(self, path, tree, dirs, gzip)
+        real(self, path, tree, *rest)
 
     monkeypatch.setattr(tarpush.LocalStream, "__init__", vanish_first)
     with pytest.raises(ModelSyncError, match=r"tar could not read .*tensor-shard-with-a-long-name-00000.bin.*"
