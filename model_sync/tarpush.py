@@ -64,12 +64,12 @@ if ms_offer; then
   # the answer: T, a tar stream; Z, gzipped (tar -z runs gzip -d); nothing, no.
   # While the sender still works it out, a "k" every few seconds.
   while :; do
-    a=$(timeout {stale} head -c 1); w=$?
+    a=$(timeout {stale} head -c 1); waited=$?
     case $a in
       k) ;;
       T) z=; break ;;
       Z) z=-z; break ;;
-      *) rmdir -- "$stage"; if [ $w = 124 ]; then exit 10; fi; exit 0 ;;
+      *) rmdir -- "$stage"; if [ $waited = 124 ]; then exit 10; fi; exit 0 ;;
     esac
   done
   dest=$target
@@ -78,9 +78,10 @@ if ms_offer; then
 
 # The stream goes into the stage; every file is checked against the manifest
 # near its end; then the stage becomes the destination (still absent: we hold
-# the lock, and it was absent when we took it). The very end is an empty file
-# named with this run's token: a stream cut short (the sender failed or was
-# stopped) never has it, and is not published even without verification.
+# the lock, and it was absent when we took it). The very end is a small file
+# named with this run's token (it holds half the manifest's line count): a
+# stream cut short (the sender failed or was stopped) never has it, and is
+# not published even without verification.
 # The lock lapses when the stream stops coming for {stale} seconds (a dead
 # network, a stopped sender: tar reads nothing): a watchdog then stops tar, so
 # that a later run may resume this stage without us still writing into it.
