@@ -310,7 +310,7 @@ class Offer:
         try:  # the answer first (a pipe takes one byte): the server starts its tar meanwhile
             os.write(self.proc.stdin.fileno(), b"Z" if gzip else b"T")
         except BrokenPipeError:
-            pass  # the server went away: send() reads why
+            pass  # the server went away: finish() reads why
         self.stream = LocalStream(path, tree, dirs, self.end, self.verify, gzip)
         return True
 
