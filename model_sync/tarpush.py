@@ -195,8 +195,8 @@ def inspect_offering(host, path: str, verify: bool, stale_after: float):
     token = os.urandom(8).hex()
     stale = stale_seconds(stale_after)
     lock = sibling(path, LOCK_SUFFIX)
-    offered = f"@@OFFER-{token}"
-    receive = _RECEIVE.format(end=f".model-sync-end-{token}", ticks=stale * 5, verify=1 if verify else 0,
+    offered, end = f"@@OFFER-{token}", f".model-sync-end-{token}"
+    receive = _RECEIVE.format(end=end, ticks=stale * 5, verify=1 if verify else 0,
                               manifest=MANIFEST_NAME)
     script = inspect_script(host, path, use_stage=True) + _OFFER.format(
         lock=target_expr(lock), owner=target_expr(f"{lock}.owner-{token}"), offered=offered,
@@ -215,7 +215,7 @@ def inspect_offering(host, path: str, verify: bool, stale_after: float):
         line = offer_line()
         if line is not None:
             return (*inspection(host, path, reader, 0, ""),
-                    Offer(host, proc, err, f".model-sync-end-{token}", verify, stale, gzip=line == "gzip"))
+                    Offer(host, proc, err, end, verify, stale, gzip=line == "gzip"))
     except subprocess.TimeoutExpired:
         err = b"the inspection timed out"
     except BaseException:
@@ -306,7 +306,6 @@ class Offer:
         # weights above all, hardly compress
         size = _stream_size(tree, dirs)
         gzip = self.gzip and size - sum(f.size for f in tree.values() if f.kind == "f") > size // 2
-        os.set_blocking(self.proc.stdin.fileno(), False)
         try:  # the answer first (a pipe takes one byte): the server starts its tar meanwhile
             os.write(self.proc.stdin.fileno(), b"Z" if gzip else b"T")
         except BrokenPipeError:
@@ -340,7 +339,7 @@ class Offer:
         the stage; returns (files sent, bytes)."""
         stream, alias = self.stream, self.host.alias
         try:
-            code = self._pipe.wait(self.proc, self._readers)
+            code = self._pipe.wait(self._readers)
         except BaseException:
             stop_process_group(self.proc)
             raise
@@ -547,7 +546,7 @@ class _Pipe:
         except OSError:
             pass
 
-    def wait(self, proc, readers: list[threading.Thread]) -> int:
+    def wait(self, readers: list[threading.Thread]) -> int:
         """The ssh's exit code once the readers of its output are done,
         seeing a cancel meanwhile (the server's check of every file takes its
         time: no deadline here; a dead network ends the session through the
@@ -557,7 +556,7 @@ class _Pipe:
             while r.is_alive():
                 r.join(0.2)
                 self.check(time.monotonic())
-        return proc.wait()
+        return self.ssh.wait()
 
 
 def _relay(stream: LocalStream, pipe: _Pipe, progress) -> bool:

@@ -362,25 +362,24 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
 
     # a new model of many small files: one tar stream (see tarpush), into the
     # stage the inspection's session made under the lock it holds
-    if offer is not None and not (tarpush.accepts(facts, opts, method) and tarpush.suits(src.tree, opts)):
-        offer.close()  # declined, before the rsync path takes the lock
-        offer = None
-    if offer is not None:
+    if offer is not None and tarpush.accepts(facts, opts, method) and tarpush.suits(src.tree, opts):
         _check_space(alias, parent, dst.state.free_bytes, sum(f.size for f in src.tree.values() if f.kind == "f"))
         stop_if_cancelled("before the transfer")
-    if offer is not None and offer.start(src.path, src.tree, src.dirs):  # (False: it lapsed meanwhile)
-        offer.send(opts.io_timeout, progress, cancel)
-        # the plan (every file: the destination is new) while the server checks them
-        result.planned = [PlannedFile(p, f.size, "send") for p, f in sorted(src.tree.items()) if f.kind == "f"]
-        result.sent, result.bytes = offer.finish()
-        result.files, result.published, result.via = len(result.sent), True, "tar"
-        if opts.verify:
-            result.verified, result.algorithm = True, XXH128
-        if on_item:
-            for p in result.sent:
-                on_item(Item(">f+++++++++", src.tree[p].size, p))
-        result.seconds = round(time.monotonic() - start, 3)
-        return result
+        if offer.start(src.path, src.tree, src.dirs):  # (False: it lapsed meanwhile)
+            offer.send(opts.io_timeout, progress, cancel)
+            # the plan (every file: the destination is new) while the server checks them
+            result.planned = [PlannedFile(p, f.size, "send") for p, f in sorted(src.tree.items()) if f.kind == "f"]
+            result.sent, result.bytes = offer.finish()
+            result.files, result.published, result.via = len(result.sent), True, "tar"
+            if opts.verify:
+                result.verified, result.algorithm = True, XXH128
+            if on_item:
+                for p in result.sent:
+                    on_item(Item(">f+++++++++", src.tree[p].size, p))
+            result.seconds = round(time.monotonic() - start, 3)
+            return result
+    if offer is not None:
+        offer.close()  # declined (or lapsed), before the rsync path takes the lock
 
     # 1. plan, confirmation of deletions, room on the destination (from the
     # inspection before the lock: what the user decides on)
