@@ -254,6 +254,14 @@ class Bench:
         alternate(c, 10, self.env)
         return c
 
+    @staticmethod
+    def no_leaks() -> None:
+        import netbed
+
+        if netbed.leaks():
+            print(f"WARNING: {netbed.leaks()} packet(s) for {netbed.RANGE} tried to leave this machine "
+                  "(dropped by the guard)", file=sys.stderr)
+
     def link(self) -> Case | None:
         import netbed
 
@@ -262,8 +270,9 @@ class Bench:
             print(f"skipping the link case: {why}", file=sys.stderr)
             return None
         netbed.cleanup_stale()
-        host = netbed.make_host(7, self.work / "far-sshd")
+        host = netbed.make_host(7, self.work / "far-sshd")  # the test network's rules: blackhole route, leak counter
         self.stops.append(host.remove)
+        self.stops.append(self.no_leaks)
         host.shape("tbf", "rate", "1gbit", "burst", "1mb", "latency", "100ms")
         port = free_port()
         relay = subprocess.Popen([sys.executable, str(HERE / "relay.py"), str(port), host.address,

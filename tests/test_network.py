@@ -4,6 +4,7 @@ middle of a transfer (bounded failure, nothing published, then resume)."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,15 +20,9 @@ pytestmark = pytest.mark.skipif(WHY is not None, reason=f"network namespaces una
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
-    netbed.cleanup_stale()
-    made = []
-    try:
-        for i in (1, 2):
-            made.append(netbed.make_host(i, tmp_path_factory.mktemp(f"nshost{i}")))
+    # on the way out: every host removed, and not one packet for the test range left this machine
+    with netbed.network(tmp_path_factory.mktemp("net"), (1, 2)) as made:
         yield made
-    finally:
-        for h in made:
-            h.remove()
 
 
 @pytest.fixture
@@ -130,3 +125,35 @@ def test_link_cut_mid_transfer_fails_bounded_then_resumes(net, hosts, tmp_path):
     assert json.loads(res.stdout)["verified"] is True
     assert _tree(dest) == _tree(src)
     assert not stage.exists()
+
+
+def _connects(address: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_cut_link_keeps_its_route_and_nothing_leaves_the_machine(hosts):
+    """The guard of the test network: while a host is cut, its address still
+    routes into its own veth (not through a gateway, not the blackhole), a
+    connection fails here, and the leak counter stays at zero. An address of
+    the range with no host behind it goes nowhere."""
+    host = hosts[1]
+    before = netbed.leaks()
+    assert _connects(host.address, host.sshd.port, 5)
+    host.cut()
+    try:
+        route = netbed.route_of(host.address)
+        assert f"dev {host.veth}" in route and " via " not in route and not route.startswith("blackhole"), route
+        assert not _connects(host.address, host.sshd.port, 2)
+        route = netbed.route_of(host.address)  # still there after the failed attempt
+        assert f"dev {host.veth}" in route, route
+    finally:
+        host.restore()
+    assert _connects(host.address, host.sshd.port, 5)
+    nobody = netbed.RANGE.rsplit(".", 2)[0] + ".250.2"  # in the range, no host behind it
+    assert netbed.route_of(nobody).startswith("blackhole") or not netbed.route_of(nobody)
+    assert not _connects(nobody, 22, 2)
+    assert netbed.leaks() == before == 0
