@@ -101,6 +101,15 @@ def alternate(case: Case, rounds: int, env: dict, before=None, after=None) -> No
               f"ms={case.ms[-1]:.2f}s", file=sys.stderr, flush=True)
 
 
+def drop(base: Path, name: str) -> None:
+    """A pushed copy and what model-sync keeps beside it (its versions; a plain rsync copy is a directory)."""
+    for p in base.glob(f"*{name}*"):
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -191,7 +200,7 @@ class Bench:
         c = Case(name, "`rsync -a -e ssh` (default cipher)", self.rsync_to(src, f"{dest}/{{run}}"),
                  [MS, "push", str(src), f"{alias}:{{run}}"], f"<= {max_ratio:.2f}x", lambda r, m: m <= max_ratio * r)
         alternate(c, self.args.rounds + extra_rounds, self.env,
-                  after=lambda who, r: shutil.rmtree(dest / f"{who}-{r}", ignore_errors=True))
+                  after=lambda who, r: drop(dest, f"{who}-{r}"))
         return c
 
     @property
@@ -201,6 +210,18 @@ class Bench:
 
     def push_big(self) -> Case:
         return self.fresh_pushes(f"push 4 x {self.shard}, loopback", self.shards, "bench", 0.70)
+
+    def fsync_cost(self) -> Case:
+        """What flushing each new version to disk before its publish costs,
+        on the disk-backed destination: the same push with --no-fsync is the
+        reference (the README says why fsync is the default)."""
+        dest = self.aliases["bench"][1]
+        c = Case(f"fsync cost: push 4 x {self.shard} to disk, default against --no-fsync",
+                 "the same push with `--no-fsync`", [MS, "push", "--no-fsync", str(self.shards), "bench:{run}"],
+                 [MS, "push", str(self.shards), "bench:{run}"], "recorded (no target)", lambda r, m: True)
+        alternate(c, self.args.rounds, self.env,
+                  after=lambda who, r: drop(dest, f"{who}-{r}"))
+        return c
 
     def push_small(self) -> tuple[Case, Case]:
         dest = self.tmpfs / "small"
@@ -293,7 +314,7 @@ class Bench:
                  [MS, "push", str(self.shards), "far:{run}"], ">= 2.5x throughput and >= 70% of 1 Gbit",
                  lambda r, m: r / m >= 2.5 and size / m >= 0.7 * LINK_RATE_BYTES)
         alternate(c, self.args.link_rounds, self.env,
-                  after=lambda who, r: shutil.rmtree(far / f"{who}-{r}", ignore_errors=True))
+                  after=lambda who, r: drop(far, f"{who}-{r}"))
         mr, mm = median(c.ref), median(c.ms)
         c.extra = (f"Throughput: rsync {size / mr / 1e6:.0f} MB/s, model-sync {size / mm / 1e6:.0f} MB/s "
                    f"({mr / mm:.2f}x; {size / mm / LINK_RATE_BYTES * 100:.0f}% of the 1 Gbit link).")
@@ -339,7 +360,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--link-rounds", type=int, default=2)
     ap.add_argument("--shard-mib", type=int, default=1024)
-    ap.add_argument("--only", default="", help="comma-separated case groups: big,small,diff,list,verify,help,link")
+    ap.add_argument("--only", default="", help="comma-separated case groups: big,fsync,small,diff,list,verify,help,link")
     ap.add_argument("--out", default=str(HERE.parent / "BENCHMARKS.md"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -351,7 +372,7 @@ def main() -> None:
     try:
         b.setup()
         groups = [("help", lambda: [b.help_time()]), ("big", lambda: [b.push_big()]),
-                  ("small", lambda: list(b.push_small())), ("diff", lambda: list(b.diff())),
+                  ("fsync", lambda: [b.fsync_cost()]), ("small", lambda: list(b.push_small())), ("diff", lambda: list(b.diff())),
                   ("list", lambda: [b.list_models()]), ("verify", lambda: [b.verify()]),
                   ("link", lambda: [c for c in [b.link()] if c])]
         for name, fn in groups:

@@ -231,7 +231,8 @@ def transfer_defaults(config: Config):
     from .transfer import TransferOptions
 
     d = config.defaults
-    return TransferOptions(verify=d.verify, compress=d.compress, delete=d.delete)
+    return TransferOptions(verify=d.verify, compress=d.compress, delete=d.delete, fsync=d.fsync,
+                           grace_minutes=d.keep_old_minutes)
 
 
 @dataclass

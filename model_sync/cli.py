@@ -207,6 +207,9 @@ def transfer_options(fn):
         click.option("--no-wait", is_flag=True, help="Fail at once if another sync holds the destination."),
         click.option("--streams", type=click.IntRange(1, 16), default=None, metavar="N",
                      help="Parallel rsync streams for large files (default: config, 4; 1 turns it off)."),
+        click.option("--fsync/--no-fsync", default=None,
+                     help="Flush the new version to disk before publishing (default: config, on)."),
+        click.option("--force", is_flag=True, help="Replace an existing directory model-sync did not publish."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -214,17 +217,19 @@ def transfer_options(fn):
 
 
 def _transfer_opts(state: State, verify, compress, delete, yes, dry_run, exclude, include, bwlimit, no_wait,
-                   streams):
-    from .transfer import TransferOptions
+                   streams, fsync, force):
+    from dataclasses import replace
 
-    d = state.config.defaults
-    return TransferOptions(
-        verify=d.verify if verify is None else verify,
-        compress=d.compress if compress is None else compress,
-        delete=d.delete if delete is None else delete,
-        dry_run=dry_run, excludes=tuple(exclude), includes=tuple(include), bwlimit=bwlimit,
-        wait=not no_wait, confirmed=yes, streams=streams,
-    )
+    from .api import transfer_defaults
+
+    opts = transfer_defaults(state.config)
+    return replace(opts,
+                   verify=opts.verify if verify is None else verify,
+                   compress=opts.compress if compress is None else compress,
+                   delete=opts.delete if delete is None else delete,
+                   fsync=opts.fsync if fsync is None else fsync,
+                   dry_run=dry_run, excludes=tuple(exclude), includes=tuple(include), bwlimit=bwlimit,
+                   wait=not no_wait, confirmed=yes, streams=streams, force=force)
 
 
 def _run_transfer(state: State, call, opts):

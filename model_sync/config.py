@@ -53,6 +53,8 @@ class Defaults:
     connect_timeout: int = 10
     io_timeout: int = 120
     streams: int = 4
+    fsync: bool = True
+    keep_old_minutes: int = 15
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ DEFAULT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "connect_timeout": ((int,), "seconds to wait for an SSH connection (default 10)"),
     "io_timeout": ((int,), "seconds a transfer may stall (no data moving) before it stops, resumable (default 120)"),
     "streams": ((int,), "parallel rsync streams for a model with several large files (default 4; 1 turns it off)"),
+    "fsync": ((bool,), "flush every file of a new version to disk before publishing it (default true)"),
+    "keep_old_minutes": ((int,), "minutes a replaced version stays readable for readers that resolved it (default 15; 0: none)"),
 }
 NAMING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "pattern": ((str,), f"model directory naming convention (default {DEFAULT_PATTERN})"),
@@ -265,6 +269,8 @@ def parse_config(text: str, path: Path) -> Config:
     for key in ("connect_timeout", "io_timeout", "streams"):
         if dvals.get(key, 1) <= 0:
             check.fail(f"defaults.{key} must be a positive number of seconds", raw_defaults.lines.get(key))
+    if dvals.get("keep_old_minutes", 0) < 0:
+        check.fail("defaults.keep_old_minutes must be 0 or more minutes", raw_defaults.lines.get("keep_old_minutes"))
     defaults = Defaults(**dvals)
 
     raw_naming = check.mapping(top.get("naming"), "naming", top.lines.get("naming"))

@@ -13,6 +13,7 @@ against the known_hosts files resolved in sshconf."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import posixpath
@@ -20,6 +21,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config, ServerConfig
+from .destination import not_ours
 from .errors import ConnectError, HostKeyError, ModelSyncError, RemoteError, UsageError
 from . import early
 from .sshconf import SshTarget, resolve
@@ -118,8 +121,15 @@ class LocalHost:
         import fcntl
 
         os.makedirs(os.path.dirname(os.path.expanduser(path)) or ".", exist_ok=True)
-        fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:  # never through a link planted at the lock's name
+            fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EISDIR):
+                raise
+            raise not_ours(self.alias, f"not-ours: {path}") from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise not_ours(self.alias, f"not-ours: {path}")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -389,7 +399,11 @@ class RemoteHost:
         stale = stale_seconds(stale_after)
         hold = (f"if command -v timeout >/dev/null 2>&1; then "
                 f"while [ \"$(timeout {stale} head -c 1)\" = k ]; do :; done; else cat >/dev/null; fi\n")
-        script = (f"mkdir -p -- {lock_dir} && exec 9>>{remote_path_expr(path)} || exit 3\n"
+        # never through a link planted at the lock's name (>> would follow it)
+        lock_q = remote_path_expr(path)
+        script = (f"mkdir -p -- {lock_dir} || exit 3\n"
+                  f"if [ -L {lock_q} ] || {{ [ -e {lock_q} ] && [ ! -f {lock_q} ]; }}; then echo NOTOURS; exit 8; fi\n"
+                  f"exec 9>>{lock_q} || exit 3\n"
                   f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"
                   f"if ! flock -n 9; then {busy}; fi\n"
                   f"owner={remote_path_expr(owner)}; trap 'rm -f -- \"$owner\"' EXIT; trap 'exit 1' HUP INT TERM PIPE\n"
@@ -423,6 +437,8 @@ class RemoteHost:
                     continue
                 if line == "BUSY":
                     raise LockBusy(self.alias, path)
+                if line == "NOTOURS":
+                    raise not_ours(self.alias, f"not-ours: {path}")
                 if line == "NOFLOCK":
                     raise RemoteError(self.alias, "flock (util-linux) is missing on the server; install util-linux")
                 raise RemoteError(self.alias, f"cannot take the lock {path} ({failed_exit()})")

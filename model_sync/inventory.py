@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .config import Config
+from .destination import LOCK_SUFFIX, VERSIONS_SUFFIX
 from .errors import RemoteError, UsageError
 from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (SHA256, XXH128, Tree, chunked, hash_files,
@@ -36,16 +37,19 @@ _ARGS_MAX = 100_000  # bytes of quoted paths per deletion script (one argv item 
 
 
 # -- listing the directories under a path -------------------------------------------
-# Top-level, non-hidden, real directories only: staging copies, locks and
-# other dot entries, plain files and symlinks are skipped. `info` is du's
-# line ("SIZE<TAB>MTIME<TAB>.") and "rc=N", or empty when sizes are not asked.
+# Top-level, non-hidden directories only: real ones (published by an older
+# model-sync, or by hand) and the links model-sync publishes (NAME ->
+# .NAME<versions suffix>/ID, see destination.py); staging copies, locks and
+# other dot entries, plain files and other symlinks are skipped. `info` is
+# du's line ("SIZE<TAB>MTIME<TAB>.") and "rc=N", or empty when sizes are not asked.
 _DIRS = r"""
-base=@BASE@
+base=@BASE@; vs=@VSUFFIX@
 if [ ! -d "$base" ]; then echo MISSING; exit 0; fi
 cd -- "$base" || exit 3
 printf 'OK\n%s\0' "$PWD"
 for d in *; do
-  [ -d "$d" ] && [ ! -L "$d" ] || continue
+  [ -d "$d" ] || continue
+  if [ -L "$d" ]; then [ -d ".$d$vs" ] && [ ! -L ".$d$vs" ] || continue; fi
   info=
   @MEASURE@
   printf '%s\0%s\0' "$info" "$d"
@@ -78,7 +82,8 @@ class DirListing:
 
 def list_dirs(host, directory: str, sizes: bool = False) -> DirListing:
     """The model directories directly under `directory`, in one round trip."""
-    script = _fill(_DIRS, BASE=remote_path_expr(directory), MEASURE=_MEASURE if sizes else "")
+    script = _fill(_DIRS, BASE=remote_path_expr(directory), MEASURE=_MEASURE if sizes else "",
+                   VSUFFIX=shlex.quote(VERSIONS_SUFFIX))
     res = host.script(script, timeout=1800 if sizes else 120)
     out = res.stdout
     if not out.startswith(("OK", "MISSING")):
@@ -564,23 +569,27 @@ def _sync_command(r: DiffResult) -> str | None:
 # directory (not a symlink), physically where its name says; a directory a
 # push holds the lock of is left alone. One "STATUS\0PATH\0" record each.
 _PRUNE = r"""
-base=@BASE@
+base=@BASE@; ls=@LSUFFIX@; vs=@VSUFFIX@
 cd -- "$base" || exit 3
 real=$(pwd -P) || exit 3
 for p in @PATHS@; do
-  name=${p##*/}; parent=${p%/*}
+  name=${p##*/}; parent=${p%/*}; v="$base/.$name$vs"
   if [ "$parent" != "$base" ] || [ -z "$name" ] || [ "$name" = . ] || [ "$name" = .. ]; then r=outside
-  elif [ -L "$p" ]; then r=symlink
+  elif [ -L "$p" ]; then  # ours only when it points into its own versions directory
+    case $(readlink -- "$p") in ".$name$vs"/*/*) r=symlink ;; ".$name$vs"/?*) r=ours ;; *) r=symlink ;; esac
+    if [ $r = ours ] && { [ -L "$v" ] || [ ! -d "$v" ]; }; then r=symlink; fi
   elif [ ! -d "$p" ]; then r=missing
   elif [ "$(cd -- "$p" 2>/dev/null && pwd -P)" != "$real/$name" ]; then r=outside
-  else
-    lock="$base/.$name.model-sync-lock"
-    if [ -f "$lock" ] && command -v flock >/dev/null 2>&1; then
-      ( flock -n 9 || exit 75; rm -rf -- "$p" ) 9>>"$lock"; rc=$?
+  else r=ours
+  fi
+  if [ $r = ours ]; then
+    lock="$base/.$name$ls"
+    if [ -f "$lock" ] && [ ! -L "$lock" ] && command -v flock >/dev/null 2>&1; then
+      ( flock -n 9 || exit 75; if [ -L "$p" ]; then rm -f -- "$p"; else rm -rf -- "$p"; fi && rm -rf -- "$v" ) 9>>"$lock"; rc=$?
     else
-      rm -rf -- "$p"; rc=$?
+      if [ -L "$p" ]; then rm -f -- "$p"; else rm -rf -- "$p"; fi && rm -rf -- "$v"; rc=$?
     fi
-    if [ "$rc" = 75 ] && [ -d "$p" ]; then r=busy; elif [ -e "$p" ] || [ -L "$p" ]; then r=failed; else r=removed; fi
+    if [ "$rc" = 75 ] && { [ -e "$p" ] || [ -L "$p" ]; }; then r=busy; elif [ -e "$p" ] || [ -L "$p" ]; then r=failed; else r=removed; fi
   fi
   printf '%s\0%s\0' "$r" "$p"
 done
@@ -665,7 +674,8 @@ def _remove(host, base: str, paths: list[str]) -> dict[str, str]:
     """Remove exactly these direct children of base; {path: status}."""
     outcome: dict[str, str] = {}
     for chunk in chunked([shlex.quote(p) for p in paths], _ARGS_MAX, 1):
-        script = _fill(_PRUNE, BASE=shlex.quote(base), PATHS=" ".join(chunk))
+        script = _fill(_PRUNE, BASE=shlex.quote(base), PATHS=" ".join(chunk), LSUFFIX=shlex.quote(LOCK_SUFFIX),
+                       VSUFFIX=shlex.quote(VERSIONS_SUFFIX))
         res = host.script(script, timeout=3600)
         parts = res.stdout.split("\0")
         for i in range(0, len(parts) - 1, 2):

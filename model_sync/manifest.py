@@ -21,8 +21,7 @@ from pathlib import Path
 
 from .errors import RemoteError
 
-MANIFEST_NAME = ".model-sync.xxh128"
-PARTIAL_DIR = ".rsync-partial"  # rsync --partial-dir: kept for resume, never listed
+from .destination import MANIFEST_NAME, PARTIAL_DIR  # noqa: E402,F401  (their home is the destination protocol)
 XXH128 = "xxh3-128"
 SHA256 = "sha256"
 _CHUNK = 100_000  # bytes of file names per remote hashing command (one argv item is capped at 128 KiB)

@@ -34,3 +34,23 @@ def under(base: str, path: str | None, alias: str, default_name: str | None = No
     p = relative_or_absolute(path, alias, default_name)
     return p if p.startswith("/") else posixpath.join(base.rstrip("/") or "/", p)
 
+
+
+# Never a model's destination, whatever the flags: the system's own trees and
+# the places that hold a person's or a service's files.
+# (/dev and /run are only refused themselves: /dev/shm holds fast model stores)
+_SYSTEM = ("/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr")
+_HOMES = ("/home", "/Users")  # (/root is caught as a top-level directory)
+
+
+def system_place(path: str) -> bool:
+    """/, a top-level directory, anything inside the system's own trees, or
+    a home directory itself: places a publish by rename must never replace."""
+    p = posixpath.normpath(path) if path.startswith("/") else None
+    if p is None:
+        return False
+    if p.count("/") <= 1:  # "/" and every "/X"
+        return True
+    if any(p == s or p.startswith(s + "/") for s in _SYSTEM):
+        return True
+    return any(p.startswith(h + "/") and p.count("/") == h.count("/") + 1 for h in _HOMES)

@@ -8,6 +8,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
+from .destination import Names
 from .hosts import remote_path_expr
 
 # Each line is `key=value`; values are read as data, never run. First lines
@@ -30,14 +31,28 @@ v=$(df -Pk -- "$p" 2>/dev/null); printf 'df=%s\n' "${{v##*$nl}}"
 # copy. Text first (key=value lines, then the manifest), then NUL-separated
 # listings, each opened by an "@@LIST name" record and closed by "@@END":
 # no file name can fake either, as no name is empty or contains NUL.
-_STATE = _NL + r"""target={target}; stage={stage}
-if [ -L "$target" ]; then echo target_link=1; fi
-if [ -d "$target" ]; then echo target_dir=1; elif [ -e "$target" ]; then echo target_other=1; fi
-if [ -d "$stage" ]; then echo stage_dir=1; fi
+# A target that is a link we published (into .NAME.model-sync-versions/, see
+# destination.py) is read through the link; any other link is reported. A
+# real directory with entries and no manifest of ours is "foreign": a
+# publish would replace something model-sync did not make.
+_STATE = _NL + r"""target={target}; stage={stage}; versions={versions}
+tdir=$target
+if [ -L "$target" ]; then  # ours: it resolves to a directory right inside our versions directory (no fork to test)
+  if [ -d "$target" ] && [ ! -L "$versions" ] && [ "$target/.." -ef "$versions" ]; then
+    echo target_version=1; tdir="$target/"
+  else echo target_link=1; fi
+fi
+if [ -d "$target" ]; then echo target_dir=1; elif [ -e "$target" ] || [ -L "$target" ]; then echo target_other=1; fi
+if [ -d "$tdir" ] && [ ! -L "$tdir" ] && [ ! -f "$tdir/{manifest}" ]; then
+  for e in "$tdir"/* "$tdir"/.[!.]* "$tdir"/..?*; do
+    if [ -e "$e" ] || [ -L "$e" ]; then echo target_foreign=1; break; fi
+  done
+fi
+if [ -d "$stage" ] && [ ! -L "$stage" ]; then echo stage_dir=1; fi
 p=$(dirname -- "$target")
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
 v=$(df -Pk -- "$p" 2>/dev/null); printf 'target_df=%s\n' "${{v##*$nl}}"
-look="$target"
+look="$tdir"
 if [ {use_stage} = 1 ] && [ -d "$stage" ]; then look="$stage"; fi
 if [ -f "$look/{manifest}" ]; then echo MANIFEST-BEGIN; cat -- "$look/{manifest}"; echo; echo MANIFEST-END; fi
 echo @@DATA
@@ -49,17 +64,17 @@ ms_list() {{
   printf '@@END\0\0'
 }}
 ms_list look "$look"
-if [ {both} = 1 ]; then ms_list target "$target"; fi
+if [ {both} = 1 ]; then ms_list target "$tdir"; fi
 """
 
 
-def state_script(target: str, stage: str, use_stage: bool, both: bool) -> str:
-    """Shell that reports the state of `target` (and its staging copy); both
-    arguments are already-quoted shell words."""
+def state_script(target: str, stage: str, versions: str, use_stage: bool, both: bool) -> str:
+    """Shell that reports the state of `target` (and its staging copy); the
+    paths (target, its stage and versions directory) are already-quoted shell words."""
     from .manifest import FIND_FILES, MANIFEST_NAME
 
-    return _STATE.format(target=target, stage=stage, use_stage=1 if use_stage else 0, both=1 if both else 0,
-                         manifest=MANIFEST_NAME, find=FIND_FILES)
+    return _STATE.format(target=target, stage=stage, versions=versions, use_stage=1 if use_stage else 0,
+                         both=1 if both else 0, manifest=MANIFEST_NAME, find=FIND_FILES)
 
 
 @dataclass
@@ -106,8 +121,10 @@ class TargetState:
     free_bytes: int | None  # at the target's parent (or its nearest existing ancestor)
     manifest: dict[str, str]  # from the staging copy when there is one and use_stage
     files: dict  # path -> manifest.FileEntry, of the staging copy (if used) or the target
-    is_link: bool = False
+    is_link: bool = False  # a symlink model-sync did not publish
     is_other: bool = False  # exists but is not a directory
+    published: bool = False  # a link model-sync published (to one of its versions)
+    foreign: bool = False  # a real directory with entries and no manifest: not published by model-sync
     target_files: dict | None = None  # the target's own listing, when asked for both
     dirs: dict = field(default_factory=dict)  # directories of the listed copy -> mode
 
@@ -153,7 +170,9 @@ def state_from(reader, path: str, both: bool = False) -> TargetState:
         manifest=manifest,
         files=lists["look"],
         is_link=values.get("target_link") == "1",
-        is_other=values.get("target_other") == "1",
+        is_other=values.get("target_other") == "1" and values.get("target_dir") != "1",
+        published=values.get("target_version") == "1",
+        foreign=values.get("target_foreign") == "1",
         target_files=lists.get("target"),
         dirs=dirs["look"],
     )
@@ -162,13 +181,6 @@ def state_from(reader, path: str, both: bool = False) -> TargetState:
 def target_expr(path: str) -> str:
     """An absolute path, or one relative to $base (the probe's model_base)."""
     return remote_path_expr(path) if path.startswith(("/", "~")) else '"$base"/' + remote_path_expr(path)
-
-
-def sibling(path: str, suffix: str) -> str:
-    """`.NAME<suffix>` next to path (staging copy, lock file): built here, not
-    with $(basename ...), which would drop a trailing newline of a name."""
-    parent, name = posixpath.split(path.rstrip("/"))
-    return posixpath.join(parent, f".{name}{suffix}")
 
 
 def absolute(facts: "HostFacts", path: str) -> str:
@@ -184,11 +196,10 @@ def absolute(facts: "HostFacts", path: str) -> str:
 def inspect_script(host, path: str, use_stage: bool) -> str:
     """The script inspect runs: the probe, then the state of `path` (its
     shell variables $base, $target and $stage stay set for anything appended)."""
-    from .transfer import STAGING_SUFFIX
-
-    target = target_expr(path)
-    stage = target_expr(sibling(path, STAGING_SUFFIX))
-    return probe_script(host.server.model_base, full=False) + state_script(target, stage, use_stage, both=False)
+    names = Names(path)
+    return (probe_script(host.server.model_base, full=False)
+            + state_script(target_expr(path), target_expr(names.stage), target_expr(names.versions), use_stage,
+                           both=False))
 
 
 def inspection(host, path: str, reader, exit_code: int, stderr: str) -> tuple[HostFacts, TargetState]:

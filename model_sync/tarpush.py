@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 
+from . import destination
+from .destination import Names
 from .errors import ModelSyncError, RemoteError, TransferCancelled, VerificationError
 from .hosts import pump, stale_seconds, stop_process_group
 from .manifest import MANIFEST_NAME, local_version, manifest_text
@@ -46,6 +48,7 @@ _OFFER = r"""
 lock={lock}; owner={owner}
 ms_absent() {{ [ ! -e "$target" ] && [ ! -L "$target" ] && [ ! -e "$stage" ] && [ ! -L "$stage" ]; }}
 ms_offer() {{
+  for p in "$lock" "$versions" "$link"; do [ ! -L "$p" ] || return 1; done  # (the rsync path refuses them)
   ms_absent && command -v flock >/dev/null 2>&1 && command -v timeout >/dev/null 2>&1 || return 1
   {{ read -r _ < /proc/$$/io; }} 2>/dev/null || return 1  # the watchdog below reads progress there
   true 2>/dev/null >>"$lock" || return 1  # (a missing parent: the rsync path makes it)
@@ -126,7 +129,7 @@ fi
 rm -f -- "$end" || exit 3
 if [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
 if [ -e "$dest" ] || [ -L "$dest" ]; then echo "the destination appeared meanwhile" >&2; exit 7; fi
-mv -- "$stage" "$dest" || exit 3
+cd / && ms_publish
 echo PUBLISHED
 """
 
@@ -185,20 +188,24 @@ def _stream_size(tree: dict, dirs: dict) -> int:
     return 512 * (2 + len(dirs) + sum(1 + (f.size + 511) // 512 if f.kind == "f" else 1 for f in tree.values()))
 
 
-def inspect_offering(host, path: str, verify: bool, stale_after: float):
+def inspect_offering(host, path: str, opts):
     """probe.inspect, in a session that stays open if the server offers a
     stream (the model is new there and its lock is now ours). Returns
     (facts, state, an Offer or None); an Offer must be closed."""
-    from .probe import inspect_script, inspection, sibling, state_reader, target_expr
-    from .transfer import LOCK_SUFFIX
+    from .probe import inspect_script, inspection, state_reader, target_expr
 
+    verify = opts.verify
     token = os.urandom(8).hex()
-    stale = stale_seconds(stale_after)
-    lock = sibling(path, LOCK_SUFFIX)
+    stale = stale_seconds(opts.io_timeout)
+    names = Names(path)
+    lock = names.lock
     offered, end = f"@@OFFER-{token}", f".model-sync-end-{token}"
     receive = _RECEIVE.format(end=end, ticks=stale * 5, verify=1 if verify else 0,
                               manifest=MANIFEST_NAME)
-    script = inspect_script(host, path, use_stage=True) + _OFFER.format(
+    # the destination's variables and its publish step (destination.py), then the offer
+    script = (inspect_script(host, path, use_stage=True) + destination.shell_vars(names, target_expr)
+              + f"fsync={int(opts.fsync)}; grace={int(opts.grace_minutes)}\n"
+              + destination.FUNCTIONS + destination.PUBLISH_FN) + _OFFER.format(
         lock=target_expr(lock), owner=target_expr(f"{lock}.owner-{token}"), offered=offered,
         stale=stale, receive=receive)
     reader = state_reader()  # parses while the output arrives
@@ -356,6 +363,8 @@ class Offer:
             raise ModelSyncError(f"{alias}: this run's lock on the destination lapsed (the stream stopped for "
                                  f"{self.stale}s: was the process stopped, or the network down?); nothing was "
                                  "published. Run the same command again")
+        if code == destination.NOT_OURS_EXIT:
+            raise destination.not_ours(alias, err)
         if code == 10:
             raise ModelSyncError(f"{alias}: the server stopped waiting for the stream (no word from this side for "
                                  f"{self.stale}s: was the process stopped?); nothing was published. "

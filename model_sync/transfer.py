@@ -24,15 +24,14 @@ from typing import Callable
 from . import tarpush
 from .config import Config
 from .errors import ModelSyncError, RemoteError, TransferCancelled, UsageError, VerificationError
+from . import destination
+from .destination import Names
 from .hosts import LocalHost, open_host, remote_path_expr, stale_seconds
-from .manifest import (MANIFEST_NAME, PARTIAL_DIR, SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text,
-                       remote_hash_method)
-from .paths import relative_or_absolute
-from .probe import HostFacts, TargetState, inspect, parse_state, sibling, state_script
+from .manifest import SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text, remote_hash_method
+from .paths import relative_or_absolute, system_place
+from .probe import HostFacts, TargetState, inspect, parse_state, state_script
 from .rsync import Item, RsyncOptions, RsyncRun, build_rsync_argv, check_result, run_rsync
 
-STAGING_SUFFIX = ".model-sync-staging"
-LOCK_SUFFIX = ".model-sync-lock"
 SPACE_MARGIN = 1.02  # a little room for directories and rsync's temp names
 
 
@@ -49,6 +48,9 @@ class TransferOptions:
     io_timeout: int | None = None  # seconds a stalled transfer waits; None: defaults.io_timeout
     streams: int | None = None  # parallel rsync streams; None: defaults.streams
     confirmed: bool = False  # --yes: deletions were approved
+    fsync: bool = True  # flush the new version to disk before publishing it
+    force: bool = False  # replace an existing directory model-sync did not publish
+    grace_minutes: int = destination.DEFAULT_GRACE_MINUTES  # a replaced version stays readable this long
 
 
 @dataclass
@@ -136,72 +138,23 @@ def _local_rsync() -> None:
         raise ModelSyncError("rsync is not installed on this machine; install it (apt-get install rsync)")
 
 
-# -- staging and publishing scripts (run on the destination host) ------------------
-# Runs under the lock. A fresh clone is built under a temporary name and
-# renamed once complete, so a half-made clone is never taken for a stage. A
-# stage left by an interrupted run is resumed; whatever the destination has
-# gained since is linked in (rsync --ignore-existing --link-dest: cp -n exits 1
-# on coreutils 9.2-9.4), so nothing of the destination is lost.
-_PREPARE = r"""
-dest={dest}; stage={stage}
-if [ -L "$dest" ]; then echo dest-symlink; exit 0; fi
-if [ -e "$dest" ] && [ ! -d "$dest" ]; then echo dest-not-dir; exit 0; fi
-if [ -d "$stage" ]; then
-  if [ -d "$dest" ]; then rsync -a --ignore-existing --link-dest="$dest/" -- "$dest/" "$stage/" || exit 3; fi
-  echo resume
-elif [ -d "$dest" ]; then
-  rm -rf -- "$stage.tmp"
-  mkdir -- "$stage.tmp" && cp -al -- "$dest/." "$stage.tmp/" && mv -- "$stage.tmp" "$stage" || {{ rm -rf -- "$stage.tmp"; exit 3; }}
-  echo linked
-else
-  mkdir -- "$stage" || exit 3
-  echo new
-fi
-"""
-
-# Write the manifest (from stdin) into the staging copy, then swap staging and
-# destination in one step where the filesystem allows (renameat2
-# RENAME_EXCHANGE, through python3); elsewhere (e.g. NFS, or no python3) two
-# renames a moment apart.
-_PUBLISH = r"""
-dest={dest}; stage={stage}; old={old}; owner={owner}
-if [ -n "$owner" ] && [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
-find "$stage" -name {partial} -type d -prune -exec rm -rf -- {{}} + || exit 3
-if [ {write_manifest} = 1 ]; then
-  cat > "$stage/{manifest}.tmp" && mv -f -- "$stage/{manifest}.tmp" "$stage/{manifest}" || exit 3
-fi
-if [ {swap} = 0 ]; then rm -rf -- "$stage"; echo unchanged; exit 0; fi
-if [ ! -e "$dest" ]; then mv -- "$stage" "$dest" || exit 3; echo published; exit 0; fi
-if command -v python3 >/dev/null 2>&1 && python3 -c '
-import ctypes, sys
-libc = ctypes.CDLL(None, use_errno=True)
-f = getattr(libc, "renameat2", None)
-sys.exit(1 if f is None or f(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), 2) != 0 else 0)
-' "$stage" "$dest"; then
-  rm -rf -- "$stage"; echo exchanged; exit 0
-fi
-rm -rf -- "$old"
-mv -- "$dest" "$old" && mv -- "$stage" "$dest" || exit 3
-rm -rf -- "$old"; echo renamed
-"""
-
-
-def _dest_paths(dest: str) -> tuple[str, str, str, str]:
-    parent = posixpath.dirname(dest.rstrip("/")) or "/"
-    return (parent, sibling(dest, STAGING_SUFFIX), sibling(dest, LOCK_SUFFIX), sibling(dest, ".model-sync-old"))
-
-
-def _check_destination(alias: str, where: str, state: TargetState, base: str | None) -> None:
+def _check_destination(alias: str, where: str, state: TargetState, base: str | None, force: bool = False) -> None:
     """Refuse destinations a rename-based publish would damage."""
     path = state.path
     if state.is_link:
-        raise UsageError(f"{where} is a symlink; publishing replaces the directory by rename, which would replace "
-                         "the link. Give the directory it points to, or remove the link first")
+        raise UsageError(f"{where} is a symlink model-sync did not make; publishing replaces it by rename, which "
+                         "would replace the link. Give the directory it points to, or remove the link first")
     if state.is_other:
         raise UsageError(f"{where} exists and is not a directory; give a directory path for the model")
+    if system_place(path):
+        raise UsageError(f"{where} is a system or home directory; model-sync never publishes there. "
+                         "Give the model's own directory, e.g. MODEL_BASE/NAME")
     if path == "/" or (base and (path == base.rstrip("/") or base.startswith(path.rstrip("/") + "/"))):
         raise UsageError(f"{where} is the model store itself (or above it); give the model's own directory, "
                          "e.g. MODEL_BASE/NAME")
+    if state.foreign and not force:
+        raise UsageError(f"{where} exists and was not published by model-sync (no manifest of ours in it); "
+                         "publishing would replace it. Pick another destination, or add --force to replace it")
 
 
 def _run_script(host, script: str, what: str, stdin: bytes | None = None) -> str:
@@ -242,7 +195,7 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
         with ThreadPoolExecutor(max_workers=1) as pool:
             local_tree = pool.submit(list_tree, here, local_abs) if direction == "push" else None
             if direction == "push" and not server.is_local and tarpush.may_offer(opts):
-                facts, remote, offer = tarpush.inspect_offering(server, rel, opts.verify, opts.io_timeout)
+                facts, remote, offer = tarpush.inspect_offering(server, rel, opts)
             else:
                 facts, remote = inspect(server, rel, use_stage=direction == "push")
             local_tree = local_tree.result() if local_tree else None
@@ -251,7 +204,7 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
         method = "xxhsum" if server.is_local else remote_hash_method(facts)
         rpath = remote.path
         if direction == "push":
-            _check_destination(alias, f"{alias}:{rpath}", remote, facts.base_abs)
+            _check_destination(alias, f"{alias}:{rpath}", remote, facts.base_abs, opts.force)
             src = _Side(here, local_abs, tree=local_tree.files, dirs=local_tree.dirs)
             dst = _Side(server, rpath, state=remote)
         else:
@@ -261,7 +214,7 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
             if os.path.isdir(local_abs):
                 local_abs = os.path.join(local_abs, posixpath.basename(rpath))
             _, local_state = inspect(here, local_abs, use_stage=True)
-            _check_destination(alias, local_abs, local_state, None)
+            _check_destination(alias, local_abs, local_state, None, opts.force)
             src = _Side(server, rpath, tree=remote.files, dirs=remote.dirs)
             dst = _Side(here, local_abs, state=local_state)
         if server.is_local:  # both ends on this machine: neither may hold the other
@@ -345,7 +298,8 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
               progress, on_item, on_wait, cancel,
               start: float, facts: HostFacts, offer: "tarpush.Offer | None" = None) -> TransferResult:
     algorithm = SHA256 if method == "sha256" else XXH128
-    parent, dst.stage, lock, old = _dest_paths(dst.path)
+    names = Names(dst.path)
+    parent, dst.stage, lock = names.parent, names.stage, names.lock
     rsh = _rsh(src, dst)
     ropts = RsyncOptions(compress=opts.compress, delete=opts.delete, excludes=opts.excludes,
                          includes=opts.includes, bwlimit=opts.bwlimit, io_timeout=opts.io_timeout)
@@ -401,9 +355,12 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     # 2. under the lock: stage (clone, or resume), then look again at the stage
     # and the destination: what we act on is what is there now
     d, st = remote_path_expr(dst.path), remote_path_expr(dst.stage)
-    then = _PREPARE.format(dest=d, stage=st) + state_script(d, st, use_stage=True, both=True)
+    then = destination.prepare_script(names, remote_path_expr) + state_script(
+        d, st, remote_path_expr(names.versions), use_stage=True, both=True)
     with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as held:
         how, _, rest = held.output.partition("\n")
+        if how.startswith("not-ours: "):
+            raise destination.not_ours(alias, how)
         if how == "dest-symlink" or how == "dest-not-dir":
             _check_destination(alias, result.destination, TargetState(
                 dst.path, False, False, None, {}, {}, is_link=how == "dest-symlink", is_other=True), None)
@@ -478,11 +435,12 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         # (itemized YXcstpoguax: flags[5] is the permission change)
         changed = any(not i.flags.startswith(".d") or i.flags[5:6] == "p" for i in run.items)
         swap = bool(gone) or write or changed or not now.is_dir
-        res = dst.host.script(_PUBLISH.format(
-            dest=d, stage=st, old=remote_path_expr(old), manifest=MANIFEST_NAME, partial=PARTIAL_DIR,
-            owner=remote_path_expr(held.owner) if held.owner else "''", write_manifest=1 if write else 0,
-            swap=1 if swap else 0), timeout=3600,
+        res = dst.host.script(destination.publish_script(
+            names, remote_path_expr, held.owner, write_manifest=write, swap=swap, fsync=opts.fsync,
+            grace=opts.grace_minutes), timeout=3600,
             stdin=manifest_text(manifest).encode("utf-8", "surrogateescape") if write else None)
+        if res.exit_code == destination.NOT_OURS_EXIT:
+            raise destination.not_ours(alias, res.stderr)
         if res.exit_code == 9:
             raise ModelSyncError(f"{alias}: this run's lock on the destination lapsed (no heartbeat for "
                                  f"{stale_seconds(opts.io_timeout)}s: was the process stopped, or the network down?); "

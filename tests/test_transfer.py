@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from conftest import run_cli
 
@@ -245,9 +246,10 @@ def test_interrupted_push_resumes_and_never_shows_partial_files(bed, tmp_path):
     big = os.urandom(6_000_000)
     src = make_model(tmp_path / "src" / "RTX3090_N2501_BIG_250101", {"a.bin": os.urandom(1000), "weights.bin": big})
     dest = bed.remote_base / src.name
-    # an older published copy that readers are using meanwhile
+    # an older copy published by model-sync (its manifest says so) that readers are using meanwhile
     dest.mkdir()
     (dest / "weights.bin").write_bytes(b"old weights")
+    (dest / ".model-sync.xxh128").write_text(f"{xxhash.xxh3_128_hexdigest(b'old weights')}  weights.bin\n")
     seen_bad = []
     stop = threading.Event()
 
@@ -394,7 +396,7 @@ def test_stale_stage_keeps_what_the_destination_gained(bed, model):
     assert push_json(str(model), "bed")[0].returncode == 0
     dest = bed.remote_base / model.name
     stage = _stage_of(bed, model.name)
-    subprocess.run(["cp", "-al", str(dest), str(stage)], check=True)  # an old interrupted run's stage
+    subprocess.run(["cp", "-al", f"{dest}/", str(stage)], check=True)  # an old interrupted run's stage
     (dest / "added-later.txt").write_bytes(b"someone put this here")
     half = bed.remote_base / f".{model.name}.model-sync-staging.tmp"  # and a half-made clone
     half.mkdir()

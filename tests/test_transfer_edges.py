@@ -85,7 +85,7 @@ def test_delete_never_removes_what_was_not_confirmed(bed, tmp_path):
     src = make_model(tmp_path / "src" / "m", {"a.bin": b"a", "b.bin": b"b"})
     assert push_json(str(src), "bed")[0].returncode == 0
     dest, stage = bed.remote_base / "m", bed.remote_base / ".m.model-sync-staging"
-    subprocess.run(["cp", "-al", str(dest), str(stage)], check=True)  # an older interrupted run's stage
+    subprocess.run(["cp", "-al", f"{dest}/", str(stage)], check=True)  # an older interrupted run's stage
     (dest / "gained.bin").write_bytes(b"important")  # the plan (made from that stage) cannot see this
     res = run_cli("push", str(src), "bed", "--delete")
     assert res.returncode == 2 and "gained.bin" in res.stderr and "nothing was published" in res.stderr
@@ -109,7 +109,7 @@ def test_stale_stage_does_not_bring_back_removed_files(bed, tmp_path):
     dest, stage = bed.remote_base / "m", bed.remote_base / ".m.model-sync-staging"
     dest.mkdir()
     (dest / "obsolete.bin").write_bytes(b"old")
-    subprocess.run(["cp", "-al", str(dest), str(stage)], check=True)
+    subprocess.run(["cp", "-al", f"{dest}/", str(stage)], check=True)
     (dest / "obsolete.bin").unlink()  # removed from the published copy since
     res, doc = push_json(str(src), "bed")
     assert res.returncode == 0, res.stderr
@@ -120,7 +120,7 @@ def test_partial_files_are_never_published(bed, tmp_path):
     src = make_model(tmp_path / "src" / "m", {"a.bin": b"a"})
     assert push_json(str(src), "bed")[0].returncode == 0
     dest, stage = bed.remote_base / "m", bed.remote_base / ".m.model-sync-staging"
-    subprocess.run(["cp", "-al", str(dest), str(stage)], check=True)
+    subprocess.run(["cp", "-al", f"{dest}/", str(stage)], check=True)
     (stage / ".rsync-partial").mkdir()
     (stage / ".rsync-partial" / "gone.bin").write_bytes(b"half a file")
     (src / "a.bin").write_bytes(b"a2")
