@@ -6,13 +6,15 @@ and hand its result to `call()`:
     @app.tool(title="Model versions on a server", annotations=READ_ONLY)
     async def versions(
         server: Server,
-        model: Annotated[str | None, Field(description="Only this model, e.g. ASR")] = None,
+        model: Annotated[str | None, Field(max_length=ARG_MAX_LENGTH, description="Only this model, e.g. ASR")] = None,
     ) -> Annotated[CallToolResult, api.VersionsResult]:
         \"\"\"One or two sentences the assistant reads to choose the tool.\"\"\"
         return await call(api.versions, server, model=model, config=app.load_config())
 
 - Parameters: reuse the aliases below (`Server`, `RemotePath`, `Confirm`); put
   every path a client gives through `inside_base()` (remote) or `local_path()`.
+  Give every new str parameter `max_length=ARG_MAX_LENGTH` (or a limit of its
+  own): an unbounded one lets a client send megabytes into messages.
 - `call()` runs the function in a worker thread under a time limit (`limit=`)
   and returns its dataclass as structured content (render.to_jsonable) plus
   render.markdown as text. `report_to=ctx` (a `ctx: Context` parameter) also
@@ -66,6 +68,12 @@ DEFAULT_LIMIT = 120.0  # seconds; a safety net over the core's own timeouts
 EXEC_DEFAULT_TIMEOUT = 60.0
 EXEC_MAX_TIMEOUT = 3600.0
 EXEC_OUTPUT_MAX = 100_000  # characters of stdout/stderr kept (the tail)
+# Every string argument is bounded, so a huge one is refused by validation
+# before any tool, message or redaction sees it. PATH_MAX is 4096; a remote
+# `sh -c` takes one argument of at most 128 KiB (Linux MAX_ARG_STRLEN), which
+# 32,768 characters stay under even at 4 bytes each in UTF-8.
+ARG_MAX_LENGTH = 4096
+EXEC_COMMAND_MAX = 32_768
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                             open_world_hint=True)
@@ -100,7 +108,10 @@ class ModelSyncMCP(MCPServer):
         except ToolError as exc:
             result = error_result(_one_line(exc, name))
         if isinstance(result, CallToolResult):
-            result = _redact_result(result, _secret_paths(self.config_path))
+            # reads the configs and scans all of the result: off the event loop
+            # so other calls keep being answered meanwhile
+            result = await anyio.to_thread.run_sync(
+                lambda: _redact_result(result, _secret_paths(self.config_path)))
         return result
 
 
@@ -127,7 +138,12 @@ def _one_line(exc: ToolError, tool: str) -> str:
 
 # -- secrets -----------------------------------------------------------------------
 REDACTED = "(ssh key)"
-_DEFAULT_KEY = re.compile(r"[^\s'\",;()\[\]|]*\bid_(?:rsa|dsa|ecdsa|ed25519)(?:_sk)?\b")
+# A word (a run without separators) that ends in a default key's name.
+# The look-behind anchors a match at the word's start: unanchored, the search
+# rescanned the rest of a long word from every position (20,000 characters
+# without a separator took 4.4 s); anchored it reads each character a bounded
+# number of times and finds the same matches.
+_DEFAULT_KEY = re.compile(r"(?<![^\s'\",;()\[\]|])[^\s'\",;()\[\]|]*\bid_(?:rsa|dsa|ecdsa|ed25519)(?:_sk)?\b")
 _IDENTITY_LINE = re.compile(r"^\s*IdentityFile\s*=?\s*(\S+)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -154,6 +170,7 @@ def _secret_paths(config_path) -> list[str]:
 
 
 def redact(text: str, secrets: list[str]) -> str:
+    # one C-level pass per secret (a handful): linear in the text
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     return _DEFAULT_KEY.sub(REDACTED, text)
@@ -276,8 +293,10 @@ async def run_bounded(fn: Callable[..., T], /, *args, limit: float = DEFAULT_LIM
 
 async def call(fn: Callable[..., Any], /, *args, text: Callable[[Any], str] = render.markdown,
                **kwargs) -> CallToolResult:
-    """run_bounded(), then present(): the body of most tools."""
-    return present(await run_bounded(fn, *args, **kwargs), text)
+    """run_bounded(), then present() in a worker thread (a long model list
+    takes a while to render): the body of most tools."""
+    result = await run_bounded(fn, *args, **kwargs)
+    return await anyio.to_thread.run_sync(present, result, text)
 
 
 # -- confirming destructive actions ----------------------------------------------------
@@ -341,10 +360,10 @@ def require_confirmation(ok: Confirmed) -> None:
 # -- tools ----------------------------------------------------------------------------
 app = ModelSyncMCP()
 
-Server = Annotated[str, Field(description=(
+Server = Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
     "Server alias from the model-sync config, e.g. 'reaper'; 'local' is this machine. "
     "list_servers shows the aliases."))]
-RemotePath = Annotated[str, Field(description=(
+RemotePath = Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
     "Path relative to the server's model_base, e.g. 'RTX3090_N2501_ASR_250820'; "
     "no leading '/' or '~', no '..'."))]
 
@@ -365,7 +384,8 @@ async def list_servers(
 @app.tool(name="exec", title="Run a shell command on a server", annotations=DESTRUCTIVE)
 async def exec_(
     server: Server,
-    command: Annotated[str, Field(min_length=1, description="Shell command line, run as typed, e.g. 'df -h'.")],
+    command: Annotated[str, Field(min_length=1, max_length=EXEC_COMMAND_MAX,
+                                  description="Shell command line, run as typed, e.g. 'df -h'.")],
     timeout_seconds: Annotated[float, Field(gt=0, le=EXEC_MAX_TIMEOUT, description=(
         "Stop the command after this many seconds (exit code 124)."))] = EXEC_DEFAULT_TIMEOUT,
 ) -> Annotated[CallToolResult, api.ExecResult]:
@@ -379,16 +399,16 @@ async def exec_(
     limit = timeout_seconds + config.defaults.connect_timeout + 30
     result = await run_bounded(api.exec_command, server, command, config=config, timeout=timeout_seconds,
                                capture=True, limit=limit, label=f"{server}: exec")
-    return present(_clip_output(result), _exec_text)
+    return await anyio.to_thread.run_sync(present, _clip_output(result), _exec_text)
 
 
 TRANSFER_DEFAULT_TIMEOUT = 3600.0
 TRANSFER_MAX_TIMEOUT = 86400.0
 
-LocalModel = Annotated[str, Field(description=(
+LocalModel = Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
     "Model directory on this machine, relative to the 'local' server's model_base, "
     "e.g. 'RTX3090_N2501_LANGDETECTOR_250715'."))]
-OptionalRemotePath = Annotated[str | None, Field(description=(
+OptionalRemotePath = Annotated[str | None, Field(max_length=ARG_MAX_LENGTH, description=(
     "Path relative to the server's model_base; default: the local directory's name."))]
 Delete = Annotated[bool, Field(description=(
     "Mirror: also remove files at the destination that the source does not have "
@@ -404,9 +424,10 @@ TransferTimeout = Annotated[float, Field(gt=0, le=TRANSFER_MAX_TIMEOUT, descript
     "again resumes."))]
 
 
-Gpu = Annotated[str | None, Field(description=(
+Gpu = Annotated[str | None, Field(max_length=ARG_MAX_LENGTH, description=(
     "GPU field of the naming convention, to pick among versions for several GPUs, e.g. 'RTX3090'."))]
-ModelName = Annotated[str, Field(description="MODEL field of the naming convention, e.g. 'ASR' (any case).")]
+ModelName = Annotated[str, Field(max_length=ARG_MAX_LENGTH,
+                                 description="MODEL field of the naming convention, e.g. 'ASR' (any case).")]
 
 
 def _delete_question(verb: str):
@@ -456,12 +477,12 @@ async def push(
 @app.tool(title="Pull a model from a server", annotations=DESTRUCTIVE)
 async def pull(
     server: Server,
-    remote_path: Annotated[str, Field(description=(
+    remote_path: Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
         "Model on the server, relative to its model_base, e.g. 'RTX3090_N2501_ASR_250820', "
         "or a selector such as 'ASR@latest' or 'ASR@250820'."))],
     ok: Annotated[Confirmed, confirmation(_delete_question("pull"))],
     ctx: Context,
-    local_dir: Annotated[str, Field(description=(
+    local_dir: Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
         "Directory under the 'local' server's model_base to pull into; the model lands inside it."))] = ".",
     gpu: Gpu = None,
     delete: Delete = False,
@@ -501,9 +522,9 @@ async def verify_(
 @app.tool(title="List models on a server", annotations=READ_ONLY)
 async def list_models(
     server: Server,
-    filter: Annotated[str | None, Field(description=(
+    filter: Annotated[str | None, Field(max_length=ARG_MAX_LENGTH, description=(
         "Only models whose name contains this (any case), or matches it as a glob (*, ?, [])."))] = None,
-    sort: Annotated[str, Field(pattern="^(name|size|modified|version)$", description=(
+    sort: Annotated[str, Field(max_length=ARG_MAX_LENGTH, pattern="^(name|size|modified|version)$", description=(
         "Order: name, size, modified or version."))] = "name",
 ) -> Annotated[CallToolResult, api.ModelList]:
     """The model directories on a server with size, last change and the naming
@@ -515,7 +536,8 @@ async def list_models(
 @app.tool(title="Model versions on a server", annotations=READ_ONLY)
 async def versions(
     server: Server,
-    model: Annotated[str | None, Field(description="Only this model (MODEL field, any case), e.g. 'ASR'.")] = None,
+    model: Annotated[str | None, Field(max_length=ARG_MAX_LENGTH, description=(
+        "Only this model (MODEL field, any case), e.g. 'ASR'."))] = None,
     gpu: Gpu = None,
 ) -> Annotated[CallToolResult, api.VersionsResult]:
     """Versions of each model on a server, grouped by model and GPU, newest first;
@@ -526,10 +548,11 @@ async def versions(
 
 @app.tool(title="Compare a model between two places", annotations=READ_ONLY)
 async def diff(
-    model: Annotated[str, Field(description=(
+    model: Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
         "Model directory relative to model_base (on the left side), or a selector like 'ASR@latest'."))],
     server: Server,
-    left_server: Annotated[str, Field(description="Where the left copy is; 'local' is this machine.")] = LOCAL_ALIAS,
+    left_server: Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
+        "Where the left copy is; 'local' is this machine."))] = LOCAL_ALIAS,
     remote_path: OptionalRemotePath = None,
     checksum: Annotated[bool, Field(description=(
         "Compare contents by xxh3-128 instead of size and modification time."))] = False,
