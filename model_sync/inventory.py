@@ -27,7 +27,7 @@ from .destination import LOCK_SUFFIX, VERSIONS_SUFFIX
 from .errors import RemoteError, UsageError
 from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (SHA256, XXH128, Tree, chunked, hash_files,
-                       list_tree, remote_hash_method)
+                       list_tree, remote_hash_method, same_nsec)
 from .paths import under
 from .naming import (SORTS, SelectorError, compile_pattern, example_name, group_models, parse_name, resolve_selector,
                      version_key)
@@ -337,7 +337,7 @@ def check_name(name: str, pattern: str) -> NameCheck:
 
 
 # -- diff --------------------------------------------------------------------------------------
-# A side of a diff is a manifest.Tree: files, and the manifest with its mtime.
+# A side of a diff is a manifest.Tree: its files (and its manifest, unused here).
 SideTree = Tree
 list_tree_with_manifest = list_tree
 
@@ -367,7 +367,6 @@ class DiffSide:
     bytes: int = 0
     resolved: str | None = None  # the directory a MODEL@... selector chose
     hashed: int = 0  # files hashed for --checksum
-    reused: int = 0  # hashes taken from its .model-sync.xxh128
 
     __json_properties__ = ("display",)
 
@@ -442,8 +441,10 @@ def _open_side(spec: str, config: Config, right: bool, default_name: str | None,
 def diff(left: str, right: str, config: Config, checksum: bool = False, gpu: str | None = None) -> DiffResult:
     """Compare two model trees; either side may be a local path or
     `server:path` (the right one also a bare server alias: the left's name
-    under its model_base). Quick: size and mtime; checksum: xxh3-128 of
-    every file whose size agrees, both sides hashed at once."""
+    under its model_base). Quick: size and mtime (see manifest.same_nsec);
+    checksum: xxh3-128 of every file whose size agrees, read on both sides at
+    once (a manifest says what a file held when it was written, not what it
+    holds now, so none is trusted)."""
     start = time.monotonic()
     if gpu is not None and not (has_selector(_split_side(left, config, False)[1])
                                 or has_selector(_split_side(right, config, True)[1])):
@@ -497,23 +498,12 @@ def _checksums(lhost, rhost, lside: DiffSide, rside: DiffSide, ltree: SideTree, 
         methods = ["sha256", "sha256"]
     candidates = [p for p, f in ltree.files.items()
                   if f.kind == "f" and (g := rtree.files.get(p)) is not None and g.kind == "f" and g.size == f.size]
-    known: list[dict[str, str]] = [{}, {}]
-    todo: list[list[str]] = [[], []]
-    for i, tree in enumerate((ltree, rtree)):
-        for p in candidates:
-            h = tree.trusted_hash(tree.files[p]) if algorithm == XXH128 else None
-            if h:
-                known[i][p] = h
-            else:
-                todo[i].append(p)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        fl = pool.submit(hash_files, lhost, lside.path, todo[0], methods[0])
-        fr = pool.submit(hash_files, rhost, rside.path, todo[1], methods[1])
-        known[0].update(fl.result())
-        known[1].update(fr.result())
-    lside.hashed, rside.hashed = len(todo[0]), len(todo[1])
-    lside.reused, rside.reused = len(candidates) - len(todo[0]), len(candidates) - len(todo[1])
-    return algorithm, (known[0], known[1])
+        fl = pool.submit(hash_files, lhost, lside.path, candidates, methods[0])
+        fr = pool.submit(hash_files, rhost, rside.path, candidates, methods[1])
+        hashes = fl.result(), fr.result()
+    lside.hashed = rside.hashed = len(candidates)
+    return algorithm, hashes
 
 
 def _compare(ltree: SideTree, rtree: SideTree, hashes: tuple[dict[str, str], dict[str, str]] | None) -> list[DiffEntry]:
@@ -536,7 +526,7 @@ def _compare(ltree: SideTree, rtree: SideTree, hashes: tuple[dict[str, str], dic
         elif a.size != b.size:
             same = False
         elif hashes is None:
-            same = a.mtime == b.mtime
+            same = a.mtime == b.mtime and (a.nsec == b.nsec or same_nsec(a.nsec, b.nsec))
         else:
             ha = hashes[0].get(path)
             same = ha is not None and ha == hashes[1].get(path)

@@ -31,17 +31,35 @@ _CHUNK = 100_000  # bytes of file names per remote hashing command (one argv ite
 class FileEntry:
     path: str  # relative, '/'-separated
     size: int
-    mtime: int  # whole seconds, as rsync's quick check compares them
+    mtime: int  # whole seconds
     kind: str = "f"  # 'f' file, 'l' symlink
     target: str = ""  # symlink target
     mode: int = 0  # permission bits (rsync -a keeps them)
+    nsec: int = 0  # the mtime's sub-second part, in nanoseconds
 
     def same_quick(self, other: "FileEntry") -> bool:
         if self.kind != other.kind:
             return False
         if self.kind == "l":
             return self.target == other.target
-        return self.size == other.size and self.mtime == other.mtime
+        return self.size == other.size and self.mtime == other.mtime and same_nsec(self.nsec, other.nsec)
+
+
+_PRECISIONS = tuple(10 ** k for k in range(9, 0, -1))  # 1 s, 100 ms, ..., 10 ns
+
+
+def same_nsec(a: int, b: int) -> bool:
+    """Two mtimes' sub-second parts (ns) equal at the coarser precision of
+    the two. A filesystem that keeps whole seconds (ext3) shows 0 here, one
+    that keeps microseconds ends in 000: a copy there can only match to what
+    it keeps. rsync sets mtimes to the ns where both ends can, so a copy on a
+    filesystem that keeps them matches exactly."""
+    if a == b:
+        return True
+    for p in _PRECISIONS:
+        if a % p == 0 or b % p == 0:
+            return a // p == b // p
+    return False
 
 
 @dataclass
@@ -51,23 +69,11 @@ class Tree:
     files: dict[str, FileEntry] = field(default_factory=dict)
     is_dir: bool = True
     manifest: dict[str, str] = field(default_factory=dict)  # the directory's .model-sync.xxh128
-    manifest_mtime: int | None = None  # whole seconds
     dirs: dict[str, int] = field(default_factory=dict)  # directories below root -> mode
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files.values() if f.kind == "f")
-
-    def trusted_hash(self, entry: FileEntry) -> str | None:
-        """The manifest's hash of a file, when the manifest is newer than the
-        file: file mtime (whole seconds) strictly before the manifest's, so a
-        change in the same second as the manifest is hashed again. A change
-        that restores the old mtime on a side with a manifest is not seen
-        (verify rehashes everything)."""
-        if self.manifest_mtime is None or entry.kind != "f":
-            return None
-        h = self.manifest.get(entry.path)
-        return h if h and entry.mtime < self.manifest_mtime else None
 
 
 # Every file, symlink and directory below `.`, NUL-separated
@@ -77,9 +83,8 @@ FIND_FILES = (r"find . -mindepth 1 -name {partial} -prune -o \( -type f -o -type
               r"-printf '%y %s %T@ %m %P\0%l\0' -o -type d -printf 'd 0 %T@ %m %P\0\0'"
               ).format(partial=PARTIAL_DIR, manifest=MANIFEST_NAME)
 
-# The listing and, in the same round trip, the manifest's mtime and text (stat
-# before cat: a manifest replaced in between reads as older, never newer).
-# Framed as SectionReader reads it.
+# The listing and, in the same round trip, the manifest's text. Framed as
+# SectionReader reads it.
 _LIST = r"""
 root={root}
 if [ ! -e "$root" ]; then printf 'MISSING\n@@DATA\n'; exit 0; fi
@@ -90,7 +95,7 @@ printf 'OK\n@@DATA\n@@LIST tree\0\0'
 printf '@@END\0\0'
 m=./{manifest}
 if [ -f "$m" ] && [ ! -L "$m" ]; then
-  find "$m" -maxdepth 0 -printf 'MANIFEST %T@\n' && tr -d '\000' < "$m"
+  echo MANIFEST && tr -d '\000' < "$m"
 fi
 """
 
@@ -110,13 +115,8 @@ def list_tree(host, root: str) -> Tree:
     if head != "OK":
         return Tree(root, exists=head == "NOTDIR", is_dir=False)
     tree = Tree(root, exists=True, files=lists["tree"], dirs=dirs["tree"])
-    if rest.startswith("MANIFEST "):
-        line, _, text = rest.partition("\n")
-        try:
-            tree.manifest_mtime = int(float(line.split()[1]))
-            tree.manifest = parse_manifest(text)
-        except (IndexError, ValueError):
-            pass
+    if rest.startswith("MANIFEST\n"):
+        tree.manifest = parse_manifest(rest[len("MANIFEST\n"):])
     return tree
 
 
@@ -224,9 +224,10 @@ def parse_listing(data: str, dirs: dict[str, int] | None = None) -> tuple[dict[s
             if dirs is not None:
                 dirs[path] = int(mode, 8)
         else:
-            # whole seconds: the digits before find's fraction (rsync compares those)
-            files[path] = FileEntry(path, int(size), int(mtime.partition(".")[0]), kind,
-                                    parts[i + 1] if kind == "l" else "", int(mode, 8))
+            # find prints seconds and a fraction of 10 digits: nanoseconds and a 0
+            sec, _, frac = mtime.partition(".")
+            files[path] = FileEntry(path, int(size), int(sec), kind, parts[i + 1] if kind == "l" else "",
+                                    int(mode, 8), int((frac + "000000000")[:9]))
         i += 2
     return files, "\0".join(parts[i:])
 

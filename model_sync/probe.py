@@ -53,7 +53,12 @@ p=$(dirname -- "$target")
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
 v=$(df -Pk -- "$p" 2>/dev/null); printf 'target_df=%s\n' "${{v##*$nl}}"
 look="$tdir"
-if [ {use_stage} = 1 ] && [ -d "$stage" ]; then look="$stage"; fi
+if [ {use_stage} = 1 ] && [ -d "$stage" ]; then
+  look="$stage"
+  # rsync's partial files: not in the listing, yet they take space (the free-space check says so)
+  pb=0; for sz in $(cd -- "$stage" && find . -path '*/{partial}/*' -type f -printf '%s\n'); do pb=$((pb + sz)); done
+  echo stage_partial=$pb
+fi
 if [ -f "$look/{manifest}" ]; then echo MANIFEST-BEGIN; cat -- "$look/{manifest}"; echo; echo MANIFEST-END; fi
 echo @@DATA
 ms_list() {{
@@ -71,10 +76,10 @@ if [ {both} = 1 ]; then ms_list target "$tdir"; fi
 def state_script(target: str, stage: str, versions: str, use_stage: bool, both: bool) -> str:
     """Shell that reports the state of `target` (and its staging copy); the
     paths (target, its stage and versions directory) are already-quoted shell words."""
-    from .manifest import FIND_FILES, MANIFEST_NAME
+    from .manifest import FIND_FILES, MANIFEST_NAME, PARTIAL_DIR
 
     return _STATE.format(target=target, stage=stage, versions=versions, use_stage=1 if use_stage else 0,
-                         both=1 if both else 0, manifest=MANIFEST_NAME, find=FIND_FILES)
+                         both=1 if both else 0, manifest=MANIFEST_NAME, find=FIND_FILES, partial=PARTIAL_DIR)
 
 
 @dataclass
@@ -127,6 +132,7 @@ class TargetState:
     foreign: bool = False  # a real directory with entries and no manifest: not published by model-sync
     target_files: dict | None = None  # the target's own listing, when asked for both
     dirs: dict = field(default_factory=dict)  # directories of the listed copy -> mode
+    stage_partial_bytes: int = 0  # in rsync's partial files of the staging copy (when listed)
 
 
 def parse_state(out: str, path: str, both: bool = False) -> TargetState:
@@ -175,6 +181,7 @@ def state_from(reader, path: str, both: bool = False) -> TargetState:
         foreign=values.get("target_foreign") == "1",
         target_files=lists.get("target"),
         dirs=dirs["look"],
+        stage_partial_bytes=int(values.get("stage_partial", "0")) if values.get("stage_partial", "").isdigit() else 0,
     )
 
 

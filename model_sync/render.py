@@ -226,9 +226,7 @@ def _register_inventory_views():
                 notes.append(f"{cell(side.display)} does not exist")
         mode = f"Compared contents ({r.algorithm})" if r.checksum else "Compared size and modification time"
         if r.checksum:
-            reused = r.left.reused + r.right.reused
-            mode += f"; hashed {r.left.hashed + r.right.hashed}, {reused} from .model-sync.xxh128 manifests" \
-                if reused else f"; hashed {r.left.hashed + r.right.hashed}"
+            mode += f"; hashed {r.left.hashed + r.right.hashed}"
         only_right = "Remote only" if ro == "Remote" else f"Remote only ({short.get(ro, ro)})"
         if len(listed) < len(r.entries):
             notes.append(f"{_plural(r.same)} unchanged and not listed (--json lists every file)")

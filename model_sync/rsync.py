@@ -32,6 +32,7 @@ class RsyncOptions:
     includes: tuple[str, ...] = ()
     bwlimit: str | None = None
     io_timeout: int = IO_TIMEOUT
+    exact_times: bool = True  # compare mtimes to the ns (see build_rsync_argv)
 
 
 def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions,
@@ -45,6 +46,11 @@ def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions
             f"--timeout={opts.io_timeout}"]
     if rsh:
         argv += ["-e", rsh]
+    if opts.exact_times:
+        # rsync sets mtimes to the ns (protocol 31+) but by default compares
+        # whole seconds: a same-size file of the same second would be skipped
+        # although our quick check (and the plan) saw it differ
+        argv.append("--modify-window=-1")
     if opts.compress:
         argv += ["-z", "--skip-compress=" + "/".join(INCOMPRESSIBLE)]
     if opts.delete:

@@ -27,7 +27,7 @@ from .errors import ModelSyncError, RemoteError, TransferCancelled, UsageError, 
 from . import destination
 from .destination import Names
 from .hosts import LocalHost, open_host, remote_path_expr, stale_seconds
-from .manifest import SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text, remote_hash_method
+from .manifest import SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text, remote_hash_method, same_nsec
 from .paths import relative_or_absolute, system_place
 from .probe import HostFacts, TargetState, inspect, parse_state, state_script
 from .rsync import Item, RsyncOptions, RsyncRun, build_rsync_argv, check_result, run_rsync
@@ -239,8 +239,9 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
 
 def _up_to_date(src: _Side, dst: TargetState, opts: TransferOptions) -> bool:
     """Nothing to do: the published destination already has every file and
-    symlink as the source has it (size, mtime and mode; link target), every
-    directory with its mode, and its manifest lists every file. Then we skip
+    symlink as the source has it (size, mtime as manifest.same_nsec compares
+    it, and mode; link target), every directory with its mode, and its
+    manifest lists every file. Then we skip
     the lock, the staging copy and rsync. Anything else takes the full path:
     filters, a dry run, a staging copy left by an interrupted run, and with
     --delete any entry the source lacks. Owner and directory times are not
@@ -258,11 +259,24 @@ def _up_to_date(src: _Side, dst: TargetState, opts: TransferOptions) -> bool:
             if f.target != g.target:
                 return False
         elif f.size != g.size or f.mtime != g.mtime or f.mode != g.mode or (
+                f.nsec != g.nsec and not same_nsec(f.nsec, g.nsec)) or (
                 manifest is not None and path not in manifest):
             return False
     if any(have_dirs.get(d) != mode for d, mode in src.dirs.items()):
         return False
     return not opts.delete or (have.keys() <= src.tree.keys() and have_dirs.keys() <= src.dirs.keys())
+
+
+def _exact_times(state: TargetState) -> bool:
+    """Whether rsync compares mtimes to the ns (as our quick check does where
+    both times have them) rather than to the second, its default: with the
+    default, a file our plan sends would be skipped when its copy has the
+    same size and second. Not where every file of the destination (or its
+    staging copy) has a whole-second time, as on a filesystem that keeps only
+    seconds: there our check compares seconds too (same_nsec), and rsync at
+    the ns would rewrite every file of every push."""
+    times = [f.nsec for f in state.files.values() if f.kind == "f"]
+    return not times or any(times)
 
 
 def _show(side: _Side, server_side: _Side, alias: str) -> str:
@@ -302,7 +316,8 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     parent, dst.stage, lock = names.parent, names.stage, names.lock
     rsh = _rsh(src, dst)
     ropts = RsyncOptions(compress=opts.compress, delete=opts.delete, excludes=opts.excludes,
-                         includes=opts.includes, bwlimit=opts.bwlimit, io_timeout=opts.io_timeout)
+                         includes=opts.includes, bwlimit=opts.bwlimit, io_timeout=opts.io_timeout,
+                         exact_times=_exact_times(dst.state))
 
     def show(side: _Side) -> str:
         return _show(side, server_side, alias)
@@ -349,7 +364,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         return result
     if deletions and not opts.confirmed:
         raise ConfirmationNeeded(deletions, result.destination)
-    _check_space(alias, parent, dst.state.free_bytes, to_send)
+    _check_space(alias, parent, dst.state.free_bytes, to_send, src, dst)
     stop_if_cancelled("before the transfer")
 
     # 2. under the lock: stage (clone, or resume), then look again at the stage
@@ -453,12 +468,41 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     return result
 
 
-def _check_space(alias: str, parent: str, free: int | None, to_send: int) -> None:
+def _check_space(alias: str, parent: str, free: int | None, to_send: int, src: _Side | None = None,
+                 dst: _Side | None = None) -> None:
+    """`to_send`: what the destination (its staging copy, when one is left)
+    lacks; with `src` and `dst`, the error says what that staging copy holds."""
     if free is not None and to_send * SPACE_MARGIN > free:
         from .render import human_size
 
         raise InsufficientSpace(f"{alias}: not enough space at {parent}: need {human_size(int(to_send * SPACE_MARGIN))}, "
-                                f"available {human_size(free)}; free some space (see 'model-sync prune') or pick another path")
+                                f"available {human_size(free)}; free some space (see 'model-sync prune') "
+                                f"or pick another path{_stage_holds(src, dst) if dst else ''}")
+
+
+def _stage_holds(src: _Side, dst: _Side) -> str:
+    """For the free-space error: what a staging copy left by an interrupted
+    run holds, and how to drop it. Its files that match the source are not
+    sent again (the plan left them out); its partial files are not counted
+    as room, as rsync writes such a file whole beside the partial one."""
+    state = dst.state
+    if not state.stage_is_dir:
+        return ""
+    from .render import human_size
+
+    stage = Names(dst.path).stage
+    held = sum(f.size for p, f in state.files.items()
+               if f.kind == "f" and (g := src.tree.get(p)) is not None and f.same_quick(g))
+    partial = state.stage_partial_bytes
+    remove = "rm -rf -- " + shlex.quote(stage)
+    # one argument for exec, which hands it to the server's shell: in double
+    # quotes where that changes nothing (readable with the usual spaces)
+    word = f'"{remove}"' if not any(c in remove for c in '"$`\\!') else shlex.quote(remove)
+    how = remove if dst.host.is_local else f"model-sync exec {dst.host.alias} {word}"
+    return (f"; the staging copy {stage} holds {human_size(held)} of this model already (not sent again)"
+            + (f" and {human_size(partial)} in partial files (not counted: rsync rewrites those files whole)"
+               if partial else "")
+            + f"; to drop it and start over (when no other sync to it runs): {how}")
 
 
 def _reset_to_published(host, dest: str, stage: str, paths: list[str], published: dict) -> None:

@@ -85,8 +85,8 @@ def test_sorts_are_natural_and_documented_directions():
     assert [e.name for e in sort_models(entries, "modified", PATTERN)][0] == "RTX3090_N2501_ASR_v9"
 
 
-def tree(files: dict[str, FileEntry], manifest=None, mtime=None) -> SideTree:
-    return SideTree("/x", True, files=files, is_dir=True, manifest=manifest or {}, manifest_mtime=mtime)
+def tree(files: dict[str, FileEntry], manifest=None) -> SideTree:
+    return SideTree("/x", True, files=files, is_dir=True, manifest=manifest or {})
 
 
 def test_compare_statuses_quick_and_checksum():
@@ -108,16 +108,6 @@ def test_compare_statuses_quick_and_checksum():
     assert {e.path: e.status for e in _compare(left, right, hashes)}["same"] == "modified"
 
 
-def test_manifest_entries_are_trusted_only_for_files_older_than_it():
-    t = tree({}, {"a": "11", "b": "22"}, mtime=1000)
-    assert t.trusted_hash(FileEntry("a", 1, 999)) == "11"
-    assert t.trusted_hash(FileEntry("a", 1, 1000)) is None  # same second: hashed again
-    assert t.trusted_hash(FileEntry("b", 1, 2000)) is None
-    assert t.trusted_hash(FileEntry("c", 1, 10)) is None  # not listed
-    assert t.trusted_hash(FileEntry("a", 1, 10, "l", "x")) is None
-    assert tree({}, {"a": "11"}, None).trusted_hash(FileEntry("a", 1, 10)) is None
-
-
 def test_tree_listing_reads_the_manifest_in_the_same_round_trip(tmp_path):
     root = make(tmp_path / "m", {"a.bin": b"a" * 10, "sub/b.bin": b"b", "odd\nname": b"x",
                                  ".rsync-partial/p": b"partial"})
@@ -127,7 +117,6 @@ def test_tree_listing_reads_the_manifest_in_the_same_round_trip(tmp_path):
     assert set(t.files) == {"a.bin", "sub/b.bin", "odd\nname", "link"}
     assert t.files["link"].kind == "l" and t.files["link"].target == "a.bin"
     assert t.manifest == {"a.bin": "0" * 32, "sub/b.bin": "1" * 32}
-    assert t.manifest_mtime == int((root / ".model-sync.xxh128").stat().st_mtime)
     missing = list_tree_with_manifest(LocalHost.this_machine(), str(tmp_path / "nope"))
     assert not missing.exists
 
@@ -364,8 +353,8 @@ def test_diff_identical_exits_0(bed, pushed):
     assert "- Same: 3 files" in res.stdout and "Identical: nothing to sync" in res.stdout
     res, doc = cli_json("diff", str(pushed), "bed", "--checksum")
     assert res.returncode == 0, res.stderr
-    # the server's hashes come from its manifest, the local ones are computed
-    assert doc["right"]["reused"] == 3 and doc["right"]["hashed"] == 0 and doc["left"]["hashed"] == 3
+    # every file is read on both sides: the server's manifest is not taken for its files
+    assert doc["right"]["hashed"] == 3 and doc["left"]["hashed"] == 3
     assert doc["algorithm"] == "xxh3-128"
 
 
@@ -403,7 +392,7 @@ def test_checksum_catches_a_change_quick_mode_misses(bed, pushed):
         "1/model.onnx": "modified", "1/model.plan": "same", "config.pbtxt": "same"}
 
 
-def test_checksum_rehashes_files_newer_than_the_manifest(bed, pushed):
+def test_checksum_reads_files_whatever_their_time(bed, pushed):
     remote = bed.remote_base / "langdetector" / "1" / "model.plan"
     st = remote.stat()
     os.utime(remote, (st.st_atime + 3600, st.st_mtime + 3600))  # newer than the manifest, same bytes
@@ -411,8 +400,8 @@ def test_checksum_rehashes_files_newer_than_the_manifest(bed, pushed):
     assert {e["path"]: e["status"] for e in quick["entries"]}["1/model.plan"] == "modified"
     res, doc = cli_json("diff", str(pushed), "bed", "--checksum")
     assert res.returncode == 0, res.stdout
-    assert doc["right"]["hashed"] == 1 and doc["right"]["reused"] == 2
-    # now change it for real, keeping size and (new) mtime: the manifest is not trusted for it
+    assert doc["right"]["hashed"] == 3
+    # now change it for real, keeping size and (new) mtime
     same_mtime_edit(remote)
     res, doc = cli_json("diff", str(pushed), "bed", "--checksum")
     assert res.returncode == 1
