@@ -24,6 +24,7 @@ from typing import Callable
 from . import tarpush
 from .config import Config
 from .errors import ModelSyncError, RemoteError, TransferCancelled, UsageError, VerificationError
+from .fence import FENCE_SH
 from .hosts import LocalHost, open_host, remote_path_expr, stale_seconds
 from .manifest import (MANIFEST_NAME, PARTIAL_DIR, SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text,
                        remote_hash_method)
@@ -142,8 +143,12 @@ def _local_rsync() -> None:
 # stage left by an interrupted run is resumed; whatever the destination has
 # gained since is linked in (rsync --ignore-existing --link-dest: cp -n exits 1
 # on coreutils 9.2-9.4), so nothing of the destination is lost.
+# First of all, the fence (FENCE_SH, prepended): whatever an older run left
+# writing into the stage (or into the model) is stopped before we touch it;
+# only its failure to stop them says anything, on stdout, the lock's error.
 _PREPARE = r"""
 dest={dest}; stage={stage}
+ms_fence "$stage" "$stage.tmp" '' "$dest" 2>&1 || [ $? = 1 ] || exit 3
 if [ -L "$dest" ]; then echo dest-symlink; exit 0; fi
 if [ -e "$dest" ] && [ ! -d "$dest" ]; then echo dest-not-dir; exit 0; fi
 if [ -d "$stage" ]; then
@@ -162,10 +167,13 @@ fi
 # Write the manifest (from stdin) into the staging copy, then swap staging and
 # destination in one step where the filesystem allows (renameat2
 # RENAME_EXCHANGE, through python3); elsewhere (e.g. NFS, or no python3) two
-# renames a moment apart.
+# renames a moment apart. Before that, the stage is fenced again: after our
+# own rsyncs have ended, anything found in it is a writer without the lock,
+# and what it touched was not verified, so nothing is published.
 _PUBLISH = r"""
 dest={dest}; stage={stage}; old={old}; owner={owner}
 if [ -n "$owner" ] && [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
+ms_fence "$stage" || {{ echo "another process wrote into the staging copy; nothing was published: run again" >&2; exit 3; }}
 find "$stage" -name {partial} -type d -prune -exec rm -rf -- {{}} + || exit 3
 if [ {write_manifest} = 1 ]; then
   cat > "$stage/{manifest}.tmp" && mv -f -- "$stage/{manifest}.tmp" "$stage/{manifest}" || exit 3
@@ -401,8 +409,9 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     # 2. under the lock: stage (clone, or resume), then look again at the stage
     # and the destination: what we act on is what is there now
     d, st = remote_path_expr(dst.path), remote_path_expr(dst.stage)
-    then = _PREPARE.format(dest=d, stage=st) + state_script(d, st, use_stage=True, both=True)
-    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as held:
+    then = FENCE_SH + _PREPARE.format(dest=d, stage=st) + state_script(d, st, use_stage=True, both=True)
+    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout,
+                       fence=[dst.stage]) as held:
         how, _, rest = held.output.partition("\n")
         if how == "dest-symlink" or how == "dest-not-dir":
             _check_destination(alias, result.destination, TargetState(
@@ -478,7 +487,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         # (itemized YXcstpoguax: flags[5] is the permission change)
         changed = any(not i.flags.startswith(".d") or i.flags[5:6] == "p" for i in run.items)
         swap = bool(gone) or write or changed or not now.is_dir
-        res = dst.host.script(_PUBLISH.format(
+        res = dst.host.script(FENCE_SH + _PUBLISH.format(
             dest=d, stage=st, old=remote_path_expr(old), manifest=MANIFEST_NAME, partial=PARTIAL_DIR,
             owner=remote_path_expr(held.owner) if held.owner else "''", write_manifest=1 if write else 0,
             swap=1 if swap else 0), timeout=3600,
