@@ -25,6 +25,8 @@ import posixpath
 import shlex
 from dataclasses import dataclass
 
+from .fence import FENCE_SH
+
 STAGING_SUFFIX = ".model-sync-staging"
 LOCK_SUFFIX = ".model-sync-lock"
 VERSIONS_SUFFIX = ".model-sync-versions"
@@ -124,6 +126,8 @@ ms_flush() {  # files and directories to disk (coreutils sync FILE...: fsync eac
 # on coreutils 9.2-9.4), so nothing of the destination is lost.
 PREPARE = r"""
 ms_report=stdout
+# first, whatever an older run left writing into the stage (or into a version) is stopped
+ms_fence "$stage" "$stage.tmp" '' "$versions" "$dest" 2>&1 || [ $? = 1 ] || exit 3
 k=$(ms_dest_kind); if [ "$k" != ok ]; then echo "dest-$k"; exit 0; fi
 ms_check_names
 if [ -d "$stage" ]; then
@@ -190,9 +194,12 @@ ms_retire() {  # versions replaced more than $grace minutes ago (0: at once), an
 """
 
 # Write the manifest (from stdin) into the stage, then publish it (or, when
-# nothing changed, drop the stage). The lock must still be ours.
+# nothing changed, drop the stage). The lock must still be ours, and our own
+# rsyncs have ended: anything the fence finds in the stage is a writer
+# without the lock, and what it touched was never verified.
 PUBLISH = r"""
 if [ -n "$owner" ] && [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
+ms_fence "$stage" || { echo "another process wrote into the staging copy; nothing was published: run again" >&2; exit 3; }
 if [ "$write_manifest" = 1 ]; then
   m="$stage/.model-sync.xxh128"
   cat > "$m.tmp" && mv -f -- "$m.tmp" "$m" || exit 3
@@ -204,7 +211,7 @@ echo published
 
 
 def prepare_script(names: Names, quote) -> str:
-    return shell_vars(names, quote) + FUNCTIONS + PREPARE
+    return shell_vars(names, quote) + FENCE_SH + FUNCTIONS + PREPARE
 
 
 def publish_script(names: Names, quote, owner: str | None, write_manifest: bool, swap: bool, fsync: bool,
@@ -212,7 +219,7 @@ def publish_script(names: Names, quote, owner: str | None, write_manifest: bool,
     return (shell_vars(names, quote)
             + f"owner={quote(owner) if owner else chr(39) * 2}; write_manifest={int(write_manifest)}; "
               f"swap={int(swap)}; fsync={int(fsync)}; grace={int(grace)}\n"
-            + FUNCTIONS + PUBLISH_FN + PUBLISH)
+            + FENCE_SH + FUNCTIONS + PUBLISH_FN + PUBLISH)
 
 
 def not_ours(alias: str, stderr: str):

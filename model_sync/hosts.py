@@ -34,6 +34,7 @@ from .config import Config, ServerConfig
 from .destination import not_ours
 from .errors import ConnectError, HostKeyError, ModelSyncError, RemoteError, UsageError
 from . import early
+from .fence import FENCE_SH
 from .sshconf import SshTarget, resolve
 
 
@@ -115,9 +116,12 @@ class LocalHost:
         return run_process(argv, timeout, capture, stdin)
 
     @contextlib.contextmanager
-    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120):
+    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120,
+             fence: list[str] | tuple[str, ...] = ()):
         """An exclusive flock on `path`, held for the with-block. `then` is a
-        script run once the lock is held; the block receives its output."""
+        script run once the lock is held; the block receives its output.
+        `fence` is unused here: this process holds the flock itself, so it
+        cannot lapse while our writers (rsyncs that die with us) still run."""
         import fcntl
 
         os.makedirs(os.path.dirname(os.path.expanduser(path)) or ".", exist_ok=True)
@@ -142,7 +146,8 @@ class LocalHost:
             if then:
                 res = self.script(then, timeout=3600)
                 if res.exit_code != 0:
-                    raise RemoteError(self.alias, f"preparing the destination failed: {res.stderr.strip()}")
+                    raise RemoteError(self.alias, "preparing the destination failed: "
+                                      + (res.stderr.strip() or res.stdout.strip() or f"exit {res.exit_code}"))
                 out = res.stdout
             yield Held(out)  # an flock of this process cannot lapse while it runs
         finally:
@@ -379,13 +384,17 @@ class RemoteHost:
         return self._run(command, None, capture=capture)
 
     @contextlib.contextmanager
-    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120):
+    def lock(self, path: str, wait: bool = True, on_wait=None, then: str = "", stale_after: float = 120,
+             fence: list[str] | tuple[str, ...] = ()):
         """An exclusive flock on the server, held by a process tied to this
         channel: it lets go when the channel closes or, if the network dies
         and the close never arrives, when our heartbeats stop for
         `stale_after` seconds, so a re-run is not locked out for hours.
         `then` runs once the lock is held (same round trip); the block gets
-        its output."""
+        its output. `fence`: directories our writers write into (the stage);
+        when the heartbeats stop, whatever still uses them is stopped
+        (fence.py) before the lock goes: a stopped or cut-off client's rsync
+        receivers would otherwise write on into the next holder's stage."""
         # while queued: give up when our end closes (stdin EOF), so an
         # interrupted run leaves no waiter behind that would take the lock later
         busy = ('echo BUSY; while ! flock -w 2 9; do if command -v timeout >/dev/null 2>&1; then '
@@ -397,11 +406,17 @@ class RemoteHost:
         owner = f"{path}.owner-{token}"  # exists only while this holder holds the lock
         then_part = f"( {then}\n) 9>&- || printf '\\n%s\\n' {failed}\n" if then else ""
         stale = stale_seconds(stale_after)
+        # timeout's 124: the heartbeats stopped (the lock lapses); an end of
+        # input is our own close, or our end died (its rsyncs die with it)
+        lapse = (f"if [ $s = 124 ]; then ms_fence {' '.join(remote_path_expr(p) for p in fence)}; fi\n"
+                 if fence else "")
         hold = (f"if command -v timeout >/dev/null 2>&1; then "
-                f"while [ \"$(timeout {stale} head -c 1)\" = k ]; do :; done; else cat >/dev/null; fi\n")
+                f"while a=$(timeout {stale} head -c 1); s=$?; [ \"$a\" = k ]; do :; done\n{lapse}"
+                f"else cat >/dev/null; fi\n")
         # never through a link planted at the lock's name (>> would follow it)
         lock_q = remote_path_expr(path)
-        script = (f"mkdir -p -- {lock_dir} || exit 3\n"
+        script = ((FENCE_SH if fence else "")
+                  + f"mkdir -p -- {lock_dir} || exit 3\n"
                   f"if [ -L {lock_q} ] || {{ [ -e {lock_q} ] && [ ! -f {lock_q} ]; }}; then echo NOTOURS; exit 8; fi\n"
                   f"exec 9>>{lock_q} || exit 3\n"
                   f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,7 +155,8 @@ def run_rsync(argv: list[str], progress: ProgressFn | None = None, on_item: Call
     start = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=dict(os.environ, LC_ALL="C"))
+                                start_new_session=True, env=dict(os.environ, LC_ALL="C"),
+                                preexec_fn=_die_with_us())
     except FileNotFoundError:
         raise ModelSyncError("rsync is not installed here; install it (apt-get install rsync)") from None
     run = RsyncRun(argv=argv, exit_code=-1)
@@ -183,6 +186,47 @@ def run_rsync(argv: list[str], progress: ProgressFn | None = None, on_item: Call
     run.stderr = b"".join(err_chunks).decode("utf-8", "replace")
     run.seconds = time.monotonic() - start
     return run
+
+
+def _die_with_us() -> Callable[[], None] | None:
+    """A preexec_fn that makes rsync die (SIGKILL) with model-sync: a `kill -9`
+    of model-sync must not leave streams writing into a stage whose lock it
+    lost (the server-side fence, fence.py, stops their receivers when another
+    push takes over; this stops the senders too).
+
+    Why PR_SET_PDEATHSIG and not model-sync's process group: `kill -9 PID`
+    reaches only that process, whatever the group; and rsync keeps its own
+    session on purpose (Ctrl-C reaches us, and we stop rsync with TERM so that
+    it keeps its partial file). PDEATHSIG fires when the *thread* that forked
+    ends, not the process: every rsync is started by a thread that stays in
+    run_rsync until that rsync has ended (_send_all's pool workers included),
+    so it fires only when model-sync dies, or after stop_process_group gave up
+    on a stuck rsync (a kill either way). Linux only; elsewhere nothing (the
+    fence still holds on a Linux server)."""
+    global _prctl
+    if _prctl is None:  # (the pool's threads may get here at once: one assignment)
+        found = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                found = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                pass
+        _prctl = found
+    if not _prctl:
+        return None
+    prctl, parent = _prctl, os.getpid()
+
+    def die_with_parent() -> None:  # in the child, between fork and exec: no locks, no imports
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # we died before it was set
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return die_with_parent
+
+
+_prctl = None  # libc's prctl once looked up; False where there is none
 
 
 def _handle(line: str, run: RsyncRun, progress, on_item):

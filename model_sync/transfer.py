@@ -372,7 +372,8 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
     d, st = remote_path_expr(dst.path), remote_path_expr(dst.stage)
     then = destination.prepare_script(names, remote_path_expr) + state_script(
         d, st, remote_path_expr(names.versions), use_stage=True, both=True)
-    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout) as held:
+    with dst.host.lock(lock, wait=opts.wait, on_wait=on_wait, then=then, stale_after=opts.io_timeout,
+                       fence=[dst.stage]) as held:
         how, _, rest = held.output.partition("\n")
         if how.startswith("not-ours: "):
             raise destination.not_ours(alias, how)
