@@ -89,7 +89,8 @@ def shell_vars(names: Names, quote) -> str:
     """The variables every script below reads, each value quoted by `quote`
     (hosts.remote_path_expr: ~ stays the server's $HOME)."""
     return (f"dest={quote(names.dest)}; stage={quote(names.stage)}; versions={quote(names.versions)}; "
-            f"link={quote(names.link)}; vname={shlex.quote(names.versions_name)}\n")
+            f"link={quote(names.link)}; vname={shlex.quote(names.versions_name)}; "
+            f"manifest_name={shlex.quote(MANIFEST_NAME)}; partial_dir={shlex.quote(PARTIAL_DIR)}\n")
 
 
 # ms_ours_link: NAME is a link we published (into our versions directory, one level down;
@@ -154,7 +155,7 @@ PUBLISH_FN = r"""
 ms_publish() {
   [ "$(ms_dest_kind)" = ok ] || ms_not_ours "$dest"
   ms_check_names
-  find "$stage" -name .rsync-partial -type d -prune -exec rm -rf -- {} + || exit 3
+  find "$stage" -name "$partial_dir" -type d -prune -exec rm -rf -- {} + || exit 3
   if [ "$fsync" = 1 ]; then ms_flush "$stage"; fi
   [ -d "$versions" ] || mkdir -- "$versions" || exit 3
   id=$(date -u +%Y%m%dT%H%M%SZ)-$$
@@ -201,7 +202,7 @@ PUBLISH = r"""
 if [ -n "$owner" ] && [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
 ms_fence "$stage" || { echo "another process wrote into the staging copy; nothing was published: run again" >&2; exit 3; }
 if [ "$write_manifest" = 1 ]; then
-  m="$stage/.model-sync.xxh128"
+  m="$stage/$manifest_name"
   cat > "$m.tmp" && mv -f -- "$m.tmp" "$m" || exit 3
 fi
 if [ "$swap" = 0 ]; then rm -rf -- "$stage"; echo unchanged; exit 0; fi
