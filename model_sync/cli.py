@@ -192,6 +192,13 @@ def exec_(state: State, timeout, server, command):
     sys.exit(result.exit_code)
 
 
+def _bwlimit(ctx, param, value):
+    """Refused as the options are read, before any lock is taken."""
+    from .rsync import check_bwlimit
+
+    return None if value is None else check_bwlimit(value)
+
+
 def transfer_options(fn):
     """The options push and pull share."""
     opts = [
@@ -202,7 +209,8 @@ def transfer_options(fn):
         click.option("-n", "--dry-run", is_flag=True, help="Show what would be sent and deleted; change nothing."),
         click.option("--exclude", multiple=True, metavar="PATTERN", help="rsync exclude pattern (repeatable)."),
         click.option("--include", multiple=True, metavar="PATTERN", help="rsync include pattern (repeatable)."),
-        click.option("--bwlimit", metavar="RATE", help="Bandwidth limit, rsync syntax (e.g. 50M)."),
+        click.option("--bwlimit", metavar="RATE", callback=_bwlimit,
+                     help="Bandwidth limit, rsync syntax (e.g. 50M)."),
         click.option("--resume", is_flag=True, hidden=False, help="Accepted for habit: resuming is always on."),
         click.option("--no-wait", is_flag=True, help="Fail at once if another sync holds the destination."),
         click.option("--streams", type=click.IntRange(1, 16), default=None, metavar="N",

@@ -342,14 +342,99 @@ def socket_dir() -> str:
 
 
 def private_dir() -> str:
-    """A new directory only we can enter, for one control socket."""
+    """A new directory only we can enter, for one control socket; named with
+    our pid (see sweep_leftovers), kept short (see socket_dir)."""
     while True:
-        path = os.path.join(socket_dir(), "model-sync-" + os.urandom(6).hex())
+        path = os.path.join(socket_dir(), f"model-sync-{os.getpid()}-{os.urandom(2).hex()}")
         try:
             os.mkdir(path, 0o700)
             return path
         except FileExistsError:
             continue
+
+
+def temp_prefix(kind: str) -> str:
+    """The start of a temporary file or directory's name (tempfile's prefix)
+    for this process: it carries our pid (see sweep_leftovers)."""
+    return f"model-sync-{kind}-{os.getpid()}-"
+
+
+TEMP_KINDS = ("lists", "plan", "names")  # what temp_prefix is called with
+
+
+def _leftover_pid(name: str) -> int | None:
+    """The pid in a name private_dir or temp_prefix made, else None."""
+    if not name.startswith("model-sync-"):
+        return None
+    parts = name[len("model-sync-"):].split("-")
+    if parts[0] in TEMP_KINDS:
+        parts = parts[1:]
+    if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit()) or not parts[1]:
+        return None
+    return int(parts[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (EPERM: it exists, someone else's)
+        return True
+    return True
+
+
+def _serving(control: str) -> bool:
+    """Whether an ssh master still listens on this control socket (it
+    outlives a killed model-sync by up to MASTER_IDLE after its last session,
+    and removes the socket itself when it leaves)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(control)
+        except OSError:
+            return False
+    return True
+
+
+def _remove(path: str) -> None:
+    """Remove a file, or a directory and what it holds, without following links."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        for entry in os.scandir(path):
+            _remove(entry.path)
+        os.rmdir(path)
+    else:
+        os.unlink(path)
+
+
+def sweep_leftovers() -> None:
+    """Remove what a model-sync that was killed (kill -9: no finally
+    clauses, no atexit) left in the temporary directories: control-socket
+    directories and its temporary lists. Only ours (our uid), only named
+    with a pid that no longer runs, and a control directory only once no
+    ssh master answers on its socket. Names without a pid (older versions)
+    are left alone."""
+    me, uid = os.getpid(), os.getuid()
+    tmp = next((os.environ[v] for v in ("TMPDIR", "TEMP", "TMP") if os.environ.get(v)), "/tmp")
+    for base in dict.fromkeys((socket_dir(), tmp)):
+        try:
+            entries = [e for e in os.scandir(base) if e.name.startswith("model-sync-")]
+        except OSError:
+            continue
+        for entry in entries:
+            pid = _leftover_pid(entry.name)
+            if pid is None or pid == me or _alive(pid):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                control = os.path.join(entry.path, "ssh")
+                if entry.name.split("-")[2] not in TEMP_KINDS and os.path.exists(control) and _serving(control):
+                    continue
+                _remove(entry.path)
+            except OSError:
+                pass  # gone meanwhile, or not ours to remove: the next start tries again
 
 
 def main() -> None:
@@ -360,6 +445,10 @@ def main() -> None:
     try:
         start(sys.argv[1:])
     except Exception:  # only an optimisation (e.g. a damaged cache): connect as usual
+        pass
+    try:
+        sweep_leftovers()  # (after the handshake has begun: it does not wait for this)
+    except Exception:  # housekeeping: never the command's failure
         pass
     from .cli import main as cli_main
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation ran and failed (or diff found differences)
 EXIT_USAGE = 2  # bad arguments or configuration
-EXIT_CONNECT = 3  # could not reach or trust a server
+EXIT_CONNECT = 3  # could not reach or trust a server, or a transfer stalled (lost it)
 EXIT_VERIFY = 4  # checksums differ after a transfer
 EXIT_TIMEOUT = 124  # exec --timeout expired (same code as coreutils timeout)
 EXIT_INTERRUPTED = 130
@@ -64,6 +64,17 @@ class ConnectError(ModelSyncError):
 
 class HostKeyError(ConnectError):
     pass
+
+
+class TransferStalled(ConnectError):
+    """No data moved for io_timeout seconds (a dead network, a stuck peer):
+    the same words and exit code whichever way the files went (rsync or tar)."""
+
+    def __init__(self, alias: str, io_timeout: int):
+        super().__init__(alias, f"transfer stalled: no progress for {io_timeout}s (io_timeout); nothing "
+                                "was published. Check the network and the server, then run the same command "
+                                "again to resume")
+        self.io_timeout = io_timeout
 
 
 class RemoteError(ModelSyncError):

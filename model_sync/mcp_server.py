@@ -638,6 +638,12 @@ def main(argv: list[str] | None = None) -> None:
                                      description="Serve model-sync's tools over MCP on stdio.")
     parser.add_argument("--config", help="config file (default ~/.model-sync.yaml; env MODEL_SYNC_CONFIG)")
     args = parser.parse_args(argv)
+    try:
+        from .early import sweep_leftovers
+
+        sweep_leftovers()  # what a killed model-sync left in $TMPDIR (`model-sync mcp` does it in early.main)
+    except Exception:  # housekeeping: never the server's failure
+        pass
     serve(config_path=args.config)
 
 

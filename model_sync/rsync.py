@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import ConnectError, ModelSyncError, RemoteError
+from .errors import ConnectError, ModelSyncError, RemoteError, TransferStalled, UsageError
 from .hosts import stop_process_group
 from .manifest import MANIFEST_NAME, PARTIAL_DIR
 
@@ -35,6 +35,28 @@ class RsyncOptions:
     bwlimit: str | None = None
     io_timeout: int = IO_TIMEOUT
     exact_times: bool = True  # compare mtimes to the ns (see build_rsync_argv)
+
+
+# rsync's RATE: a number (a '.' fraction allowed), then an optional unit (b, K,
+# M, G, T, P: powers of 1024; KB, MB...: of 1000; KiB...: of 1024; none: K),
+# then an optional +1 or -1 (bytes); 0 means no limit, else 512 bytes/s or more
+_RATE = re.compile(r"(\d+\.?\d*|\.\d+)(?:([bkmgtp])(b|ib)?)?([+-]1)?", re.IGNORECASE)
+
+
+def check_bwlimit(value: str) -> str:
+    """`value` if rsync takes it as --bwlimit; otherwise a UsageError that
+    says what it accepts (checked before anything is contacted: rsync's own
+    refusal would come only once the destination's lock is held)."""
+    m = _RATE.fullmatch(value)
+    if m is not None:
+        number, unit, base, offset = m.groups()
+        size = float(number) * (1000 if base and base.lower() == "b" else 1024) ** "bkmgtp".index((unit or "k").lower())
+        size += int(offset or 0)
+        if size == 0 or 512 <= size < 2 ** 63:
+            return value
+    raise UsageError(f"--bwlimit {value!r} is not a rate rsync takes: give bytes per second as a number and a unit, "
+                     "e.g. 10M, 500K or 1.5G (a bare number is KiB/s; KB, MB, GB are powers of 1000; "
+                     "at least 512 bytes/s; 0 means no limit)")
 
 
 def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions,
@@ -134,6 +156,7 @@ class RsyncRun:
     items: list[Item] = field(default_factory=list)
     stderr: str = ""
     seconds: float = 0.0
+    stalled: bool = False  # stopped here: no I/O for io_timeout seconds (see _watch_stall)
 
     @property
     def sent_files(self) -> list[Item]:
@@ -160,11 +183,14 @@ def run_rsync(argv: list[str], progress: ProgressFn | None = None, on_item: Call
     except FileNotFoundError:
         raise ModelSyncError("rsync is not installed here; install it (apt-get install rsync)") from None
     run = RsyncRun(argv=argv, exit_code=-1)
-    err_chunks: list[bytes] = []
-    t_err = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    err_chunks: list[bytes] = []  # as they come: the end of the pipe may not come (see below)
+    t_err = threading.Thread(target=lambda: err_chunks.extend(iter(proc.stderr.read1, b"")), daemon=True)
     t_err.start()
     if cancel is not None:
         threading.Thread(target=_watch_cancel, args=(proc, cancel), daemon=True).start()
+    io_timeout = _io_timeout(argv)
+    if io_timeout:
+        threading.Thread(target=_watch_stall, args=(proc, io_timeout, run), daemon=True).start()
     try:
         buf = b""
         while True:
@@ -177,11 +203,15 @@ def run_rsync(argv: list[str], progress: ProgressFn | None = None, on_item: Call
                 _handle(piece.decode("latin-1"), run, progress, on_item)
         if buf:
             _handle(buf.decode("latin-1"), run, progress, on_item)
+        _sweep_group(proc)
         proc.wait()
     except BaseException:
         stop_process_group(proc, grace=10)  # rsync moves its partial file aside on TERM
         raise
-    t_err.join(timeout=5)
+    # its ssh handed rsync's stderr to the shared connection, which keeps it
+    # open while the server's end of the session lives (a stalled peer): do
+    # not wait for the pipe's end after a failure, only for what rsync wrote
+    t_err.join(timeout=5 if proc.returncode == 0 else 1)
     run.exit_code = proc.returncode
     run.stderr = b"".join(err_chunks).decode("utf-8", "replace")
     run.seconds = time.monotonic() - start
@@ -244,6 +274,73 @@ def _handle(line: str, run: RsyncRun, progress, on_item):
             on_item(item)
 
 
+def _sweep_group(proc: subprocess.Popen) -> None:
+    """Once rsync has exited, stop what it leaves in its process group: after
+    a timeout it does not wait for its ssh, which lives on while the stalled
+    peer keeps the session open, holding rsync's stderr (our reader would
+    wait for it). The group's id cannot have gone to another process: rsync
+    is waited for without being reaped, and if a watcher reaped it, a group
+    with members left keeps its id."""
+    if hasattr(os, "waitid"):
+        try:
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
+
+
+def _io_timeout(argv: list[str]) -> int:
+    """The --timeout rsync was given (0: none)."""
+    for arg in argv:
+        if arg.startswith("--timeout="):
+            return int(arg.partition("=")[2])
+        if arg == "--":
+            break
+    return 0
+
+
+def _io_bytes(pid: int, depth: int = 0) -> int | None:
+    """Bytes read and written so far by `pid` and its children (Linux's
+    /proc); None where they cannot be read."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/io", "rb") as fh:
+            for line in fh:
+                if line.startswith((b"rchar:", b"wchar:")):
+                    total += int(line.split()[1])
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
+            children = fh.read().split()
+    except (OSError, ValueError):
+        return None
+    for child in children if depth < 3 else ():
+        total += _io_bytes(int(child), depth + 1) or 0  # (one that just ended counts nothing)
+    return total
+
+
+def _watch_stall(proc: subprocess.Popen, io_timeout: int, run: RsyncRun) -> None:
+    """Stop rsync when it has neither read nor written anything for
+    `io_timeout` seconds. rsync's own --timeout (kept: it also ends the
+    server's rsync) looks only every io_timeout/2 seconds (up to a minute)
+    and then gives up at the next look: up to 1.5 x io_timeout. Whatever
+    rsync waits for, it keeps reading and writing: its peer sends keepalives
+    every io_timeout/2 seconds while busy, so silence means a stall."""
+    last, since = None, time.monotonic()
+    while proc.poll() is None:
+        time.sleep(0.25)
+        now = _io_bytes(proc.pid)
+        if now is None:
+            return  # no /proc here: rsync's own --timeout acts
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= io_timeout:
+            run.stalled = True
+            stop_process_group(proc, grace=3)
+            return
+
+
 def _watch_cancel(proc: subprocess.Popen, cancel: threading.Event):
     while proc.poll() is None:
         if cancel.wait(0.2):
@@ -255,14 +352,29 @@ def check_result(run: RsyncRun, alias: str, io_timeout: int = IO_TIMEOUT) -> Non
     """Turn rsync's failure into one line that says what to do."""
     if run.exit_code == 0:
         return
+    if run.stalled or run.exit_code == 30:  # 30: rsync's own --timeout
+        raise TransferStalled(alias, io_timeout)
     last = [ln for ln in run.stderr.strip().splitlines() if ln.strip()]
     detail = last[-1] if last else f"rsync exited with {run.exit_code}"
     if run.exit_code == 255 or "Host key verification failed" in run.stderr:
         raise ConnectError(alias, f"ssh for rsync failed: {detail}")
     if run.exit_code in (20,):
         raise ModelSyncError(f"{alias}: transfer interrupted; run the same command again to resume")
-    if run.exit_code == 30:
-        raise ConnectError(alias, f"transfer stalled for {io_timeout}s and was stopped; run the command again to resume")
+    if run.exit_code == 24:
+        raise RemoteError(alias, _vanished(run), run.exit_code, run.stderr)
     if "No space left" in run.stderr:
         raise RemoteError(alias, f"out of disk space during transfer: {detail}", run.exit_code, run.stderr)
     raise RemoteError(alias, f"rsync failed (exit {run.exit_code}): {detail}", run.exit_code, run.stderr)
+
+
+def _vanished(run: RsyncRun) -> str:
+    """rsync's exit 24 in words: files of the source went while it read them."""
+    gone = [ln.partition("file has vanished: ")[2].strip() for ln in run.stderr.splitlines()
+            if "file has vanished: " in ln]
+    which = f"{len(gone)} file(s) vanished, e.g. {gone[0]}" if gone else "files vanished"
+    source = run.argv[-2] if "--" in run.argv else ""
+    if "-e" in run.argv and ":" in source.partition("/")[0]:  # rsync's rule: a colon before any slash is host:path
+        return (f"the model changed on the server while it was read ({which}): a push or prune there may have "
+                "replaced it; nothing was published here. Run the same command again")
+    return (f"the source changed while it was read ({which}); nothing was published. "
+            "Run the same command again once it stays put")

@@ -29,7 +29,8 @@ import time
 
 from . import destination
 from .destination import Names
-from .errors import ModelSyncError, RemoteError, TransferCancelled, VerificationError
+from .early import temp_prefix
+from .errors import ModelSyncError, RemoteError, TransferCancelled, TransferStalled, VerificationError
 from .hosts import pump, stale_seconds, stop_process_group
 from .manifest import MANIFEST_NAME, local_version, manifest_text
 
@@ -88,6 +89,9 @@ if ms_offer; then
 # The lock lapses when the stream stops coming for {stale} seconds (a dead
 # network, a stopped sender: tar reads nothing): a watchdog then stops tar, so
 # that a later run may resume this stage without us still writing into it.
+# While tar reads, the watchdog prints a "." now and then: the sender's
+# io_timeout counts from the last one, so a stall on this side is seen there
+# even when the whole rest of the stream sits in buffers on the way.
 _RECEIVE = r"""
 unset TAR_OPTIONS
 end=./{end}
@@ -95,16 +99,16 @@ cd -- "$stage" || exit 3
 exec 3<&0
 tar -x $z -b 256 -i -p -f - <&3 3<&- 9>&- & t=$!
 exec 3<&-
-(last=; n=0
+(trap '' PIPE; last=; n=0
  while kill -0 $t 2>/dev/null; do
    if [ ! -e "$owner" ]; then kill -9 $t; exit 0; fi
    r=; while read -r k v; do if [ "$k" = rchar: ]; then r=$v; fi; done < /proc/$t/io
-   if [ "$r" = "$last" ]; then n=$((n + 1)); else last=$r; n=0; fi
+   if [ "$r" = "$last" ]; then n=$((n + 1)); else last=$r; n=0; printf .; fi
    if [ $n -ge {ticks} ]; then rm -f -- "$owner"; kill -9 $t; exit 0; fi
    sleep 0.2 2>/dev/null || sleep 1
- done) </dev/null >/dev/null 2>&1 9>&- & w=$!
+ done) </dev/null 2>/dev/null 9>&- & w=$!
 wait $t; rc=$?
-kill $w 2>/dev/null
+kill $w 2>/dev/null; wait $w  # (no "." after this)
 if [ ! -e "$owner" ]; then echo "the lock lapsed" >&2; exit 9; fi
 if [ $rc != 0 ]; then echo "tar could not unpack the stream" >&2; exit 4; fi
 if [ ! -f "$end" ]; then echo "the stream was cut short" >&2; exit 4; fi
@@ -199,7 +203,9 @@ def inspect_offering(host, path: str, opts):
     names = Names(path)
     lock = names.lock
     offered, end = f"@@OFFER-{token}", f".model-sync-end-{token}"
-    receive = _RECEIVE.format(end=end, ticks=stale * 5, verify=1 if verify else 0,
+    # (2 s after the sender's own io_timeout: a stall of this side's tar is
+    # reported there as a stall, not raced by the lapse)
+    receive = _RECEIVE.format(end=end, ticks=(stale + 2) * 5, verify=1 if verify else 0,
                               manifest=MANIFEST_NAME)
     # the destination's variables and its publish step (destination.py), then the offer
     script = (inspect_script(host, path, use_stage=True) + destination.shell_vars(names, target_expr)
@@ -324,13 +330,13 @@ class Offer:
         finish() then waits while the server checks and publishes. Gives up
         after `io_timeout` seconds without progress, as rsync's --timeout does."""
         stream, ssh = self.stream, self.proc
-        self._replies: dict[str, bytes] = {}
-        self._readers = [threading.Thread(target=lambda k=k, f=f: self._replies.__setitem__(k, f.read()),
-                                          daemon=True) for k, f in (("out", ssh.stdout), ("err", ssh.stderr))]
+        self._pipe, self._progress = _Pipe(ssh, self.host.alias, io_timeout, cancel), progress
+        self._replies = {"out": bytearray(), "err": bytearray()}
+        self._readers = [threading.Thread(target=self._read, args=(k, f), daemon=True)
+                         for k, f in (("out", ssh.stdout), ("err", ssh.stderr))]
         for r in self._readers:
             r.start()
         self.reading = True
-        self._pipe, self._progress = _Pipe(ssh, self.host.alias, io_timeout, cancel), progress
         try:
             if _relay(stream, self._pipe, progress):  # (else the server stopped reading: finish() says why)
                 self._pipe.close()
@@ -339,6 +345,12 @@ class Offer:
             raise
         finally:
             stream.stop()
+
+    def _read(self, key: str, f) -> None:
+        for chunk in iter(f.read1, b""):
+            self._replies[key] += chunk
+            if key == "out":
+                self._pipe.heard(chunk)
 
     def finish(self) -> tuple[list[str], int]:
         """The server's verdict once it has checked every file and published
@@ -401,7 +413,7 @@ class LocalStream:
         self._cond = threading.Condition()
         # "." first (the directory's own mode and time), then parents before children
         names = ["."] + ["./" + p for p in sorted(list(dirs) + list(tree))]
-        self._listing = tempfile.NamedTemporaryFile(prefix="model-sync-names-")
+        self._listing = tempfile.NamedTemporaryFile(prefix=temp_prefix("names"))
         self._listing.write(b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names))
         self._listing.flush()
         env = {k: v for k, v in os.environ.items() if k != "TAR_OPTIONS"}  # no user options in our stream
@@ -510,21 +522,29 @@ def _failed_names(report: str) -> list[str]:
 
 
 class _Pipe:
-    """The stdin of an ssh session, written without blocking: a write that
-    makes no progress for `io_timeout` seconds fails (a stalled server or
-    network), and a cancel is seen within 0.2 s."""
+    """The stdin of an ssh session, written without blocking: when for
+    `io_timeout` seconds no write goes through and the server's tar reads
+    nothing (its "."s), the transfer has stalled (a stuck server or network);
+    a cancel is seen within 0.2 s."""
 
     def __init__(self, ssh: subprocess.Popen, alias: str, io_timeout: int, cancel):
         self.ssh, self.file, self.fd = ssh, ssh.stdin, ssh.stdin.fileno()
         self.alias, self.io_timeout, self.cancel = alias, io_timeout, cancel
+        self.wrote = self.read = time.monotonic()  # the last write that went through; the server's last "."
+        self.unpacked = False  # the server's tar is done: its checks (no deadline) or its verdict follow
         os.set_blocking(self.fd, False)
+
+    def heard(self, chunk: bytes) -> None:
+        """Output of the server's session came: "."s while its tar reads, then the rest."""
+        self.read = time.monotonic()
+        if chunk.strip(b"."):
+            self.unpacked = True
 
     def check(self, since: float) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise TransferCancelled(self.alias, "during the transfer")
-        if time.monotonic() - since > self.io_timeout and self.ssh.poll() is None:  # (else its exit code tells)
-            raise ModelSyncError(f"{self.alias}: no progress for {self.io_timeout}s (io_timeout); nothing was "
-                                 "published. Check the network and run the same command again to resume")
+        if time.monotonic() - max(since, self.read) > self.io_timeout and self.ssh.poll() is None:
+            raise TransferStalled(self.alias, self.io_timeout)  # (if ssh has ended, its exit code tells)
 
     def write(self, data: bytes) -> bool:
         """All of data; False when the server stopped reading."""
@@ -546,6 +566,7 @@ class _Pipe:
             except BrokenPipeError:
                 return False
             view, since = view[n:], time.monotonic()
+            self.wrote = since
         return True
 
     def close(self) -> None:
@@ -556,14 +577,15 @@ class _Pipe:
 
     def wait(self, readers: list[threading.Thread]) -> int:
         """The ssh's exit code once the readers of its output are done,
-        seeing a cancel meanwhile (the server's check of every file takes its
-        time: no deadline here; a dead network ends the session through the
-        master's keepalives). A thread's end is seen at once; Popen.wait with
-        a timeout polls, up to 50 ms late."""
+        seeing a cancel meanwhile, and a stall while the server's tar still
+        reads what the buffers on the way hold (its check of every file then
+        takes its time: no deadline there; a dead network ends the session
+        through the master's keepalives). A thread's end is seen at once;
+        Popen.wait with a timeout polls, up to 50 ms late."""
         for r in readers:
             while r.is_alive():
                 r.join(0.2)
-                self.check(time.monotonic())
+                self.check(time.monotonic() if self.unpacked else self.wrote)
         return self.ssh.wait()
 
 

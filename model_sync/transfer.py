@@ -17,12 +17,13 @@ import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from . import tarpush
 from .config import Config
+from .early import temp_prefix
 from .errors import ModelSyncError, RemoteError, TransferCancelled, UsageError, VerificationError
 from . import destination
 from .destination import Names
@@ -30,7 +31,7 @@ from .hosts import LocalHost, open_host, remote_path_expr, stale_seconds
 from .manifest import SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text, remote_hash_method, same_nsec
 from .paths import relative_or_absolute, system_place
 from .probe import HostFacts, TargetState, inspect, parse_state, state_script
-from .rsync import Item, RsyncOptions, RsyncRun, build_rsync_argv, check_result, run_rsync
+from .rsync import Item, RsyncOptions, RsyncRun, build_rsync_argv, check_bwlimit, check_result, run_rsync
 
 SPACE_MARGIN = 1.02  # a little room for directories and rsync's temp names
 
@@ -178,6 +179,8 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
         opts = replace(opts, io_timeout=config.defaults.io_timeout)
     if opts.streams is None:
         opts = replace(opts, streams=config.defaults.streams)
+    if opts.bwlimit is not None:
+        check_bwlimit(opts.bwlimit)  # (API callers: the command line checked it already)
     _local_rsync()
     local_abs = os.path.abspath(os.path.expanduser(local_path))
     if direction == "push" and not os.path.isdir(local_abs):
@@ -298,7 +301,7 @@ def _plan(src: _Side, dst: _Side, ropts: RsyncOptions, rsh, cancel) -> list[Plan
         return [PlannedFile(p, f.size, "send") for p, f in sorted(src.tree.items())
                 if f.kind == "f" and (p not in have or not f.same_quick(have[p]))]
     target = dst.stage if dst.state.stage_is_dir else dst.path if dst.state.is_dir else None
-    with tempfile.TemporaryDirectory(prefix="model-sync-plan-") as empty:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("plan")) as empty:
         plan_dst = _Side(dst.host, target) if target else _Side(LocalHost.this_machine(), empty)
         run = run_rsync(build_rsync_argv(src.rsync_spec(), plan_dst.rsync_spec(), _rsh(src, plan_dst),
                                          RsyncOptions(**{**ropts.__dict__, "dry_run": True})), cancel=cancel)
@@ -564,7 +567,7 @@ def _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, 
         groups: list[list[PlannedFile]] = [[] for _ in range(min(streams, len(files)))]
         for f in files:  # largest first into the lightest group
             min(groups, key=lambda g: sum(x.size for x in g)).append(f)
-        with tempfile.TemporaryDirectory(prefix="model-sync-lists-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=temp_prefix("lists")) as tmp:
             lists = []
             for i, g in enumerate(groups):
                 path = os.path.join(tmp, f"stream-{i}")
@@ -572,17 +575,23 @@ def _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, 
                     fh.write(b"".join(p.path.encode("utf-8", "surrogateescape") + b"\0" for p in g))
                 lists.append(path)
             stream_opts = RsyncOptions(**{**ropts.__dict__, "delete": False})
+            failed = None
             with ThreadPoolExecutor(max_workers=len(lists)) as pool:
                 futures = [pool.submit(run_rsync, build_rsync_argv(src.rsync_spec(), stage.rsync_spec(), rsh,
                                                                    stream_opts, files_from=path),
                                        progress=reporter(i), on_item=on_item, cancel=cancel)
                            for i, path in enumerate(lists)]
                 try:
+                    for f in as_completed(futures):
+                        if f.result().exit_code != 0 and failed is None:
+                            # the first failure is the send's: the other streams stop now
+                            # (their partial files kept) rather than run on for nothing
+                            failed = f.result()
+                            cancel.set()
                     runs = [f.result() for f in futures]
                 except BaseException:
                     cancel.set()  # before the pool's exit waits for the workers
                     raise
-        failed = next((r for r in runs if r.exit_code != 0), None)
         if failed is not None:
             return failed
     final = run_rsync(build_rsync_argv(src.rsync_spec(), stage.rsync_spec(), rsh, ropts),
