@@ -1,0 +1,97 @@
+"""Servers that differ the way real ones do (tests/serverbed.py): a login
+shell that prints to stdout, zsh, no xxhsum, a Host alias only in
+~/.ssh/config; and --bwlimit over several streams (issue 14, items 3, 5, 7)."""
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from conftest import run_cli
+from serverbed import BANNER, field, fleet  # noqa: F401  (fixtures)
+from test_transfer import make_model
+
+NAME = "RTX3090_N2501_FIELD_250715"
+GUARD_FIRST = "case $- in *i*) ;; *) return;; esac\n" + "".join(f"echo '{line}'\n" for line in BANNER)
+
+
+def _model(tmp_path, files=None) -> Path:
+    return make_model(tmp_path / "src" / NAME, files or {"config.json": b"{}\n", "1/model.onnx": os.urandom(50_000)})
+
+
+def _json(*args, **kw):
+    res = run_cli("--json", *args, **kw)
+    return res, (json.loads(res.stdout) if res.stdout.strip() else None)
+
+
+def _left_behind(base: Path) -> list[str]:
+    """Entries in a model_base besides a free lock file of NAME (a file
+    model-sync keeps between runs; held, it would be left behind)."""
+    left = []
+    for entry in sorted(os.listdir(base)):
+        if entry == f".{NAME}.model-sync-lock":
+            with open(base / entry) as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    continue
+                except BlockingIOError:
+                    pass
+        left.append(entry)
+    return left
+
+
+def _says_noise(res, rcfile: str, guard: str):
+    """One line, exit 3, naming what the shell printed and how to fix it."""
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 3, res.stderr
+    assert "Traceback" not in res.stderr
+    line = err[-1]
+    assert BANNER[0] in line and "and 1 more line" in line and rcfile in line and guard in line, line
+    assert ">&2" in line and "stdout" in line
+
+
+def test_a_login_shell_that_prints_stops_each_command_first_and_leaves_nothing(field, tmp_path):
+    chatty = field.login("chatty")
+    base = field.base("chatty")
+    assert field.ssh("chatty", "true").stdout.startswith(BANNER[0])  # the variant is what it says
+    m = _model(tmp_path)
+
+    res, doc = _json("servers", "--check")
+    row = next(c for c in doc["checks"] if c["alias"] == "chatty")
+    assert res.returncode == 1 and row["reachable"] is True and BANNER[0] in row["error"], row
+    assert all(c["error"] is None for c in doc["checks"] if c["alias"] in ("zsh", "noxxh", "pyxxh", "aliased"))
+
+    # a new model: the inspection that would offer a tar stream; with a filter: the rsync path
+    for extra in ([], ["--exclude", "*.tmp"]):
+        res = run_cli("push", str(m), "chatty", *extra, timeout=60)
+        _says_noise(res, "~/.bashrc", "case $- in *i*) ;; *) return;; esac")
+        assert _left_behind(base) == []
+    _says_noise(run_cli("list", "chatty", timeout=60), "~/.bashrc", "return")
+    _says_noise(run_cli("diff", str(m), "chatty", timeout=60), "~/.bashrc", "return")
+    dest = tmp_path / "pulled"
+    _says_noise(run_cli("pull", f"chatty:{NAME}", f"{dest}/", timeout=60), "~/.bashrc", "return")
+    assert not dest.exists()
+
+    # the fix the message gives works; a published model is then left as it was
+    with chatty.replaced(".bashrc", GUARD_FIRST):
+        res = run_cli("push", str(m), "chatty", timeout=60)
+        assert res.returncode == 0, res.stderr
+    published = os.readlink(base / NAME)
+    (m / "2").mkdir()
+    (m / "2" / "model.onnx").write_bytes(os.urandom(70_000))
+    _says_noise(run_cli("push", str(m), "chatty", timeout=60), "~/.bashrc", "return")
+    assert os.readlink(base / NAME) == published
+    assert [e for e in _left_behind(base) if e not in (NAME, f".{NAME}.model-sync-versions")] == []
+    assert not (base / NAME / "2").exists()
+
+
+def test_a_zsh_login_shell_that_prints_is_named_with_its_own_fix(field, tmp_path):
+    zsh = field.login("zsh")
+    assert zsh.shell.endswith("/zsh") and zsh.uid != 0
+    banner = "".join(f"echo '{line}'\n" for line in BANNER)
+    with zsh.replaced(".zshenv", banner):
+        for alias in ("zsh", "aliased"):  # (aliased: the same user, by a Host alias in ~/.ssh/config)
+            _says_noise(run_cli("list", alias, timeout=60), "~/.zshenv", "[[ -o interactive ]] || return")
+    with zsh.replaced(".zshenv", "[[ -o interactive ]] || return\n" + banner):
+        res = run_cli("list", "aliased", timeout=60)
+        assert res.returncode == 0, res.stderr
