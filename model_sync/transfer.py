@@ -416,9 +416,18 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
 
         # 3. verify what was sent (and what an interrupted run sent), both ends at once
         hashes: dict[str, str] = {}
+        # the manifest is xxh3-128 whatever the server can hash: where it checks
+        # by sha256, the xxh3-128 hashes come from this machine's copy (the
+        # sender's for a push), read meanwhile and checked equal by sha256
+        here = dst if src is server_side else src
+        here_root = dst.stage if here is dst else src.path
         if opts.verify:
             result.algorithm = algorithm
-            src_h, dst_h = hash_both(src.host, src.path, dst.host, dst.stage, to_check, method)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                xxh = pool.submit(hash_files, here.host, here_root, to_check, "xxhsum") \
+                    if algorithm == SHA256 else None
+                src_h, dst_h = hash_both(src.host, src.path, dst.host, dst.stage, to_check, method)
+                xxh = xxh.result() if xxh is not None else src_h
             bad = sorted(p for p in to_check if src_h.get(p) is None or src_h.get(p) != dst_h.get(p))
             if bad:
                 result.mismatched = bad
@@ -430,7 +439,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
                     f"{alias}: {len(bad)} file(s) differ after transfer ({', '.join(bad[:5])}); "
                     f"nothing was published. Rerun to send them again; if it repeats, check the disk on {alias}")
             result.verified = True
-            hashes = src_h
+            hashes = xxh
         stop_if_cancelled("before publishing")
 
         # 4. the manifest: earlier entries of untouched files, plus what we hashed;
@@ -438,10 +447,13 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         gone = set(sent) | set(result.deleted) | carried
         old_manifest = now.manifest
         manifest = {p: h for p, h in old_manifest.items() if p not in gone and p in final}
-        if opts.verify and algorithm == XXH128:
+        if opts.verify:
             manifest.update(hashes)
             missing = [p for p in final if p not in manifest and p in src.tree and src.tree[p].kind == "f"]
-            manifest.update(hash_files(src.host, src.path, missing, method))
+            if algorithm == XXH128:
+                manifest.update(hash_files(src.host, src.path, missing, method))
+            else:
+                manifest.update(hash_files(here.host, here_root, missing, "xxhsum"))
 
         # 5. publish in one step (with the manifest, in the same round trip)
         write = manifest != old_manifest

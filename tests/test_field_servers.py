@@ -5,7 +5,10 @@ shell that prints to stdout, zsh, no xxhsum, a Host alias only in
 import fcntl
 import json
 import os
+import subprocess
 from pathlib import Path
+
+import xxhash
 
 from conftest import run_cli
 from serverbed import BANNER, field, fleet  # noqa: F401  (fixtures)
@@ -95,3 +98,39 @@ def test_a_zsh_login_shell_that_prints_is_named_with_its_own_fix(field, tmp_path
     with zsh.replaced(".zshenv", "[[ -o interactive ]] || return\n" + banner):
         res = run_cli("list", "aliased", timeout=60)
         assert res.returncode == 0, res.stderr
+
+
+def _xxh128(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_a_server_without_xxhsum_gets_the_senders_xxh3_manifest(field, tmp_path):
+    m = _model(tmp_path, {"config.json": b"{}\n", "1/model.onnx": os.urandom(80_000), "tok/a b.txt": b"x\n"})
+    want = {p: _xxh128(m / p) for p in ("config.json", "1/model.onnx", "tok/a b.txt")}
+    for alias, algorithm in (("noxxh", "sha256"), ("pyxxh", "xxh3-128")):
+        assert field.ssh(alias, "command -v xxhsum").stdout == ""
+        res, doc = _json("push", str(m), alias)
+        assert res.returncode == 0 and doc["verified"] is True and doc["algorithm"] == algorithm, res.stderr
+        manifest = field.base(alias) / NAME / ".model-sync.xxh128"
+        assert manifest.is_file(), f"{alias}: no manifest"
+        lines = dict(reversed(line.split("  ", 1)) for line in manifest.read_text().splitlines())
+        assert lines == want
+        # the manifest is xxhsum's own: it checks the copy
+        check = subprocess.run(["xxhsum", "-c", "--quiet", ".model-sync.xxh128"], cwd=manifest.parent,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        res, doc = _json("push", str(m), alias)
+        assert res.returncode == 0 and doc["up_to_date"] is True, res.stderr
+
+        # a pull from it: this machine's copy gets the manifest too, and a re-pull does nothing
+        local = tmp_path / f"pulled-{alias}"
+        local.mkdir()  # (an existing folder receives FOLDER/NAME)
+        res, doc = _json("pull", f"{alias}:{NAME}", f"{local}/")
+        assert res.returncode == 0 and doc["verified"] is True, res.stderr
+        got = dict(reversed(line.split("  ", 1)) for line in (local / NAME / ".model-sync.xxh128").read_text()
+                   .splitlines())
+        assert got == want
+        res, doc = _json("pull", f"{alias}:{NAME}", f"{local}/")
+        assert res.returncode == 0 and doc["up_to_date"] is True, res.stderr
