@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import ConnectError, ModelSyncError, RemoteError
+from .errors import ConnectError, ModelSyncError, RemoteError, UsageError
 from .hosts import stop_process_group
 from .manifest import MANIFEST_NAME, PARTIAL_DIR
 
@@ -33,6 +33,37 @@ class RsyncOptions:
     bwlimit: str | None = None
     io_timeout: int = IO_TIMEOUT
     exact_times: bool = True  # compare mtimes to the ns (see build_rsync_argv)
+
+
+# rsync's --bwlimit RATE, read as rsync reads it: a number (a fraction too),
+# then K, M, G, T or P (powers of 1024; "KiB" alike), "KB" and so on (powers
+# of 1000), or b (bytes); a bare number is KiB; "+1"/"-1" offset by a byte.
+_RATE = re.compile(r"(\d*\.?\d*)(?:([bkmgtp])(b|ib)?)?([+-]1)?", re.I)
+
+
+def bwlimit_kib(rate: str) -> int:
+    """The whole-transfer limit RATE in KiB/s, as rsync rounds it (0: no
+    limit); UsageError naming the value when rsync would refuse it."""
+    m = _RATE.fullmatch(rate.strip())
+    if not m or not any(c.isdigit() for c in m.group(1)):
+        raise UsageError(f"--bwlimit {rate[:40]!r} is not a rate; give bytes per second in rsync's syntax, e.g. "
+                         "50M (MiB/s), 500K (KiB/s), 50MB (MB/s), or 0 for no limit")
+    number, unit, kind, offset = m.groups()
+    size = int(float(number) * (1000 if (kind or "").lower() == "b" else 1024) ** "bkmgtp".index(
+        (unit or "k").lower())) + int(offset or 0)
+    if 0 < size < 512:
+        raise UsageError(f"--bwlimit {rate[:40]!r} is below rsync's least limit (512 bytes/s); "
+                         "give at least 1K, or 0 for no limit")
+    return (size + 512) // 1024
+
+
+def stream_bwlimit(rate: str | None, streams: int) -> str | None:
+    """--bwlimit for each of `streams` rsyncs that run at once, so that
+    together they keep to RATE: an equal share in whole KiB/s (rsync's own
+    unit), rounded down; at least 1 (the caller runs no more streams than
+    that allows)."""
+    kib = bwlimit_kib(rate) if rate else 0
+    return str(max(1, kib // streams)) if kib else rate
 
 
 def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions,

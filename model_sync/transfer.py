@@ -30,7 +30,8 @@ from .hosts import LocalHost, open_host, remote_path_expr, stale_seconds
 from .manifest import SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text, remote_hash_method, same_nsec
 from .paths import relative_or_absolute, system_place
 from .probe import HostFacts, TargetState, inspect, parse_state, state_script
-from .rsync import Item, RsyncOptions, RsyncRun, build_rsync_argv, check_result, run_rsync
+from .rsync import (Item, RsyncOptions, RsyncRun, build_rsync_argv, bwlimit_kib, check_result, run_rsync,
+                    stream_bwlimit)
 
 SPACE_MARGIN = 1.02  # a little room for directories and rsync's temp names
 
@@ -178,6 +179,8 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
         opts = replace(opts, io_timeout=config.defaults.io_timeout)
     if opts.streams is None:
         opts = replace(opts, streams=config.defaults.streams)
+    if opts.bwlimit:
+        bwlimit_kib(opts.bwlimit)  # a value rsync would refuse: said now, before any connection
     _local_rsync()
     local_abs = os.path.abspath(os.path.expanduser(local_path))
     if direction == "push" and not os.path.isdir(local_abs):
@@ -571,6 +574,10 @@ def _send(src: _Side, stage: _Side, rsh, ropts: RsyncOptions, planned: list[Plan
 
 def _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, cancel) -> RsyncRun:
     runs: list[RsyncRun] = []
+    # --bwlimit is for the whole transfer: streams that run at once share it
+    # (whole KiB/s each, so no more streams than the limit has KiB/s)
+    kib = bwlimit_kib(ropts.bwlimit) if ropts.bwlimit else 0
+    streams = min(streams, kib) if kib else streams
     if streams > 1 and len(files) > 1 and total >= PARALLEL_MIN_BYTES:
         groups: list[list[PlannedFile]] = [[] for _ in range(min(streams, len(files)))]
         for f in files:  # largest first into the lightest group
@@ -582,7 +589,8 @@ def _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, 
                 with open(path, "wb") as fh:
                     fh.write(b"".join(p.path.encode("utf-8", "surrogateescape") + b"\0" for p in g))
                 lists.append(path)
-            stream_opts = RsyncOptions(**{**ropts.__dict__, "delete": False})
+            stream_opts = RsyncOptions(**{**ropts.__dict__, "delete": False,
+                                          "bwlimit": stream_bwlimit(ropts.bwlimit, len(lists))})
             with ThreadPoolExecutor(max_workers=len(lists)) as pool:
                 futures = [pool.submit(run_rsync, build_rsync_argv(src.rsync_spec(), stage.rsync_spec(), rsh,
                                                                    stream_opts, files_from=path),

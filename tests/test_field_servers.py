@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import xxhash
@@ -134,3 +135,32 @@ def test_a_server_without_xxhsum_gets_the_senders_xxh3_manifest(field, tmp_path)
         assert got == want
         res, doc = _json("pull", f"{alias}:{NAME}", f"{local}/")
         assert res.returncode == 0 and doc["up_to_date"] is True, res.stderr
+
+
+MiB = 1 << 20
+
+
+def test_bwlimit_is_for_the_whole_transfer_not_each_stream(field, tmp_path):
+    # 8 files of 8 MiB: 64 MiB, enough for parallel streams (transfer.PARALLEL_MIN_BYTES)
+    m = tmp_path / "src" / NAME
+    m.mkdir(parents=True)
+    for i in range(8):
+        with open(m / f"shard-{i}.bin", "wb") as fh:
+            fh.truncate(8 * MiB)
+    limit = 12 * MiB  # --bwlimit 12M: MiB/s, as rsync reads it
+    start = time.monotonic()
+    res, doc = _json("push", str(m), "aliased", "--bwlimit", "12M", "--streams", "8", timeout=120)
+    elapsed = time.monotonic() - start
+    assert res.returncode == 0 and doc["bytes"] == 64 * MiB, res.stderr
+    # a ceiling, with room: per stream it was 8 x the limit
+    assert doc["bytes"] / elapsed <= 1.5 * limit, f"{doc['bytes'] / elapsed / MiB:.1f} MiB/s"
+
+
+def test_bwlimit_rsync_would_refuse_is_refused_before_connecting(field, tmp_path):
+    m = _model(tmp_path)
+    for rate, why in (("10x", "not a rate"), ("100b", "512 bytes/s")):
+        res = run_cli("push", str(m), "aliased", "--bwlimit", rate, timeout=60)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        line = res.stderr.strip().splitlines()[-1]
+        assert f"--bwlimit '{rate}'" in line and why in line, line
+    assert os.listdir(field.base("aliased")) == []
