@@ -210,7 +210,7 @@ def transfer_options(fn):
         click.option("--exclude", multiple=True, metavar="PATTERN", help="rsync exclude pattern (repeatable)."),
         click.option("--include", multiple=True, metavar="PATTERN", help="rsync include pattern (repeatable)."),
         click.option("--bwlimit", metavar="RATE", callback=_bwlimit,
-                     help="Bandwidth limit, rsync syntax (e.g. 50M)."),
+                     help="Bandwidth limit for the whole transfer, rsync syntax (50M: MiB/s); parallel streams share it."),
         click.option("--resume", is_flag=True, hidden=False, help="Accepted for habit: resuming is always on."),
         click.option("--no-wait", is_flag=True, help="Fail at once if another sync holds the destination."),
         click.option("--streams", type=click.IntRange(1, 16), default=None, metavar="N",

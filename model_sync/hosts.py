@@ -171,6 +171,83 @@ class LockBusy(ModelSyncError):
                          "wait for it to finish, or run again without --no-wait to queue behind it")
 
 
+# A login shell that prints to stdout in a non-interactive session (a banner
+# in ~/.bashrc, conda's) puts its text before whatever our script prints, and
+# rsync cannot work through it at all. So every script of ours says this
+# first, with the login shell's name; whatever came before it is the shell's.
+SESSION_MARK = b"@@model-sync-session"
+_NOISE_HELD = 1 << 20  # bytes kept while looking for the mark
+
+
+class ShellNoise(ConnectError):
+    """The server's login shell writes to stdout before our commands run."""
+
+    def __init__(self, alias: str, where: str, shell: str, noise: bytes):
+        lines = [ln.strip() for ln in _text(noise).splitlines() if ln.strip()]
+        first = "".join(c if c.isprintable() else f"\\x{ord(c) & 0xff:02x}" for c in lines[0]) if lines else ""
+        shown = (repr(first[:80] + ("..." if len(first) > 80 else "")) if lines else "an empty line") + (
+            f" and {len(lines) - 1} more line(s)" if len(lines) > 1 else "")
+        name = posixpath.basename(shell)
+        files = {"bash": "~/.bashrc (or a file it sources)", "zsh": "~/.zshenv"}.get(name, "its startup files")
+        guard = "[[ -o interactive ]] || return" if name == "zsh" else \
+            "case $- in *i*) ;; *) return;; esac (or [ -z \"$PS1\" ] && return)"
+        super().__init__(alias, f"the login shell of {where}{f' ({shell})' if shell else ''} prints to stdout "
+                                f"before any command runs: {shown}; rsync and model-sync cannot work through that. "
+                                f"In {files}, send that output to stderr (>&2) or print it only in interactive "
+                                f"shells: put {guard} before it. Check: 'model-sync exec {alias} true' "
+                                "must print nothing")
+
+
+class SessionGate:
+    """A script's stdout, past the server shell's own output: `script()`
+    prints SESSION_MARK first; `feed` passes what follows the mark on, and
+    keeps what came before it (`noise`) for check() to report."""
+
+    def __init__(self, on_output: Callable[[bytes], None] | None = None):
+        self.on_output = on_output
+        self._held: bytearray | None = bytearray()  # None once the mark has come
+        self._out: list[bytes] = []  # without on_output
+        self.noise = b""
+        self.shell = ""  # the login shell, as the mark line names it
+
+    @staticmethod
+    def script(script: str) -> str:
+        return f"printf '%s %s\\n' {SESSION_MARK.decode()} \"${{SHELL-}}\"\n{script}"
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            (self.on_output or self._out.append)(data)
+
+    def feed(self, chunk: bytes) -> None:
+        if self._held is None:
+            self._emit(chunk)
+            return
+        held = self._held
+        held += chunk
+        at = held.find(SESSION_MARK)
+        end = held.find(b"\n", at) if at >= 0 else -1
+        if end >= 0:
+            self.noise, self.shell = bytes(held[:at]), _text(bytes(held[at + len(SESSION_MARK):end])).strip()
+            self._held = None
+            self._emit(bytes(held[end + 1:]))
+        elif len(held) > _NOISE_HELD:  # no mark yet: a shell printing this much is noise whatever follows
+            self.noise, self._held = bytes(held[:4096]), None
+
+    def finish(self) -> None:
+        """The session has ended: without the mark (our script never ran),
+        pass on what came, as it came."""
+        if self._held is not None:
+            held, self._held = bytes(self._held), None
+            self._emit(held)
+
+    def output(self) -> str:
+        return _text(b"".join(self._out))
+
+    def check(self, host) -> None:
+        if self.noise:
+            raise ShellNoise(host.alias, host.label, self.shell, self.noise)
+
+
 def run_process(argv: list[str], timeout: float | None, capture: bool = True,
                 stdin: bytes | None = None, on_output: Callable[[bytes], None] | None = None) -> CommandResult:
     """Run argv in its own process group; on timeout or interruption the
@@ -356,15 +433,25 @@ class RemoteHost:
     # -- running ----------------------------------------------------------
     def script_argv(self, script: str) -> list[str]:
         """argv of an ssh that runs a POSIX sh script on the server, for a
-        caller that drives the process itself (e.g. streams into it)."""
+        caller that drives the process itself (e.g. streams into it). A
+        command's first session wraps its script and output in a SessionGate."""
         return self._ssh(f"sh -c {shlex.quote(script)}")
 
     def script(self, script: str, timeout: float | None = None, stdin: bytes | None = None,
                on_output: Callable[[bytes], None] | None = None) -> CommandResult:
         """Run a POSIX sh script on the server (one session of the shared
-        connection); `on_output` as in run_process."""
-        res = run_process(self.script_argv(script), timeout, True, stdin, on_output)
+        connection); `on_output` as in run_process. ShellNoise if the
+        server's login shell printed to stdout before it."""
+        gate = SessionGate(on_output)
+        res = run_process(self.script_argv(gate.script(script)), timeout, True, stdin,
+                          gate.feed if on_output else None)
+        if on_output is None:
+            gate.feed(res.stdout.encode("utf-8", "surrogateescape"))
+        gate.finish()
         self.check_session(res.exit_code, res.stderr)
+        gate.check(self)
+        if on_output is None:
+            res.stdout = gate.output()
         return res
 
     def check_session(self, exit_code: int | None, stderr: str) -> None:

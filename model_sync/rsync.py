@@ -43,20 +43,40 @@ class RsyncOptions:
 _RATE = re.compile(r"(\d+\.?\d*|\.\d+)(?:([bkmgtp])(b|ib)?)?([+-]1)?", re.IGNORECASE)
 
 
-def check_bwlimit(value: str) -> str:
-    """`value` if rsync takes it as --bwlimit; otherwise a UsageError that
-    says what it accepts (checked before anything is contacted: rsync's own
-    refusal would come only once the destination's lock is held)."""
+def bwlimit_bytes(value: str) -> int:
+    """Bytes per second of rsync's --bwlimit RATE (0: no limit); a UsageError
+    that says what it accepts where rsync would refuse it (checked before
+    anything is contacted: rsync's own refusal would come only once the
+    destination's lock is held)."""
     m = _RATE.fullmatch(value)
     if m is not None:
         number, unit, base, offset = m.groups()
-        size = float(number) * (1000 if base and base.lower() == "b" else 1024) ** "bkmgtp".index((unit or "k").lower())
-        size += int(offset or 0)
+        size = int(float(number) * (1000 if base and base.lower() == "b" else 1024)
+                   ** "bkmgtp".index((unit or "k").lower())) + int(offset or 0)
         if size == 0 or 512 <= size < 2 ** 63:
-            return value
-    raise UsageError(f"--bwlimit {value!r} is not a rate rsync takes: give bytes per second as a number and a unit, "
-                     "e.g. 10M, 500K or 1.5G (a bare number is KiB/s; KB, MB, GB are powers of 1000; "
+            return size
+    raise UsageError(f"--bwlimit {value[:40]!r} is not a rate rsync takes: give bytes per second as a number and a "
+                     "unit, e.g. 10M, 500K or 1.5G (a bare number is KiB/s; KB, MB, GB are powers of 1000; "
                      "at least 512 bytes/s; 0 means no limit)")
+
+
+def check_bwlimit(value: str) -> str:
+    bwlimit_bytes(value)
+    return value
+
+
+def bwlimit_kib(rate: str) -> int:
+    """RATE in KiB/s, as rsync rounds it (0: no limit)."""
+    return (bwlimit_bytes(rate) + 512) // 1024
+
+
+def stream_bwlimit(rate: str | None, streams: int) -> str | None:
+    """--bwlimit for each of `streams` rsyncs that run at once, so that
+    together they keep to RATE: an equal share in whole KiB/s (rsync's own
+    unit), rounded down; at least 1 (the caller runs no more streams than
+    that allows)."""
+    kib = bwlimit_kib(rate) if rate else 0
+    return str(max(1, kib // streams)) if kib else rate
 
 
 def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions,

@@ -31,7 +31,7 @@ from . import destination
 from .destination import Names
 from .early import temp_prefix
 from .errors import ModelSyncError, RemoteError, TransferCancelled, TransferStalled, VerificationError
-from .hosts import pump, stale_seconds, stop_process_group
+from .hosts import SessionGate, pump, stale_seconds, stop_process_group
 from .manifest import MANIFEST_NAME, local_version, manifest_text
 
 MIN_FILES = 500  # below this, rsync's per-file cost is small
@@ -214,7 +214,8 @@ def inspect_offering(host, path: str, opts):
         lock=target_expr(lock), owner=target_expr(f"{lock}.owner-{token}"), offered=offered,
         stale=stale, receive=receive)
     reader = state_reader()  # parses while the output arrives
-    proc = subprocess.Popen(host.script_argv(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    gate = SessionGate(reader.feed)  # a login shell's own output (hosts.ShellNoise)
+    proc = subprocess.Popen(host.script_argv(gate.script(script)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
 
     def offer_line() -> str | None:
@@ -223,11 +224,14 @@ def inspect_offering(host, path: str, opts):
         return rest.partition("\n")[0] if mark and "\n" in rest else None
 
     try:
-        err = pump(proc, 600, reader.feed, until=lambda: offer_line() is not None)
+        err = pump(proc, 600, gate.feed, until=lambda: offer_line() is not None)
         line = offer_line()
         if line is not None:
-            return (*inspection(host, path, reader, 0, ""),
-                    Offer(host, proc, err, end, verify, stale, gzip=line == "gzip"))
+            offer = Offer(host, proc, err, end, verify, stale, gzip=line == "gzip")
+            if gate.noise:  # declined: the server removes the stage and lets the lock go
+                offer.close()
+                gate.check(host)
+            return (*inspection(host, path, reader, 0, ""), offer)
     except subprocess.TimeoutExpired:
         err = b"the inspection timed out"
     except BaseException:
@@ -237,7 +241,9 @@ def inspect_offering(host, path: str, opts):
     for f in (proc.stdin, proc.stdout, proc.stderr):
         f.close()
     why = err.decode("utf-8", "replace")
+    gate.finish()
     host.check_session(proc.returncode, why)
+    gate.check(host)
     return (*inspection(host, path, reader, 124 if proc.returncode is None else proc.returncode, why), None)
 
 

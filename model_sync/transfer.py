@@ -31,7 +31,8 @@ from .hosts import LocalHost, open_host, remote_path_expr, stale_seconds
 from .manifest import SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text, remote_hash_method, same_nsec
 from .paths import relative_or_absolute, system_place
 from .probe import HostFacts, TargetState, inspect, parse_state, state_script
-from .rsync import Item, RsyncOptions, RsyncRun, build_rsync_argv, check_bwlimit, check_result, run_rsync
+from .rsync import (Item, RsyncOptions, RsyncRun, build_rsync_argv, bwlimit_kib, check_bwlimit, check_result,
+                    run_rsync, stream_bwlimit)
 
 SPACE_MARGIN = 1.02  # a little room for directories and rsync's temp names
 
@@ -420,9 +421,18 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
 
         # 3. verify what was sent (and what an interrupted run sent), both ends at once
         hashes: dict[str, str] = {}
+        # the manifest is xxh3-128 whatever the server can hash: where it checks
+        # by sha256, the xxh3-128 hashes come from this machine's copy (the
+        # sender's for a push), read meanwhile and checked equal by sha256
+        here = dst if src is server_side else src
+        here_root = dst.stage if here is dst else src.path
         if opts.verify:
             result.algorithm = algorithm
-            src_h, dst_h = hash_both(src.host, src.path, dst.host, dst.stage, to_check, method)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                xxh = pool.submit(hash_files, here.host, here_root, to_check, "xxhsum") \
+                    if algorithm == SHA256 else None
+                src_h, dst_h = hash_both(src.host, src.path, dst.host, dst.stage, to_check, method)
+                xxh = xxh.result() if xxh is not None else src_h
             bad = sorted(p for p in to_check if src_h.get(p) is None or src_h.get(p) != dst_h.get(p))
             if bad:
                 result.mismatched = bad
@@ -434,7 +444,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
                     f"{alias}: {len(bad)} file(s) differ after transfer ({', '.join(bad[:5])}); "
                     f"nothing was published. Rerun to send them again; if it repeats, check the disk on {alias}")
             result.verified = True
-            hashes = src_h
+            hashes = xxh
         stop_if_cancelled("before publishing")
 
         # 4. the manifest: earlier entries of untouched files, plus what we hashed;
@@ -442,10 +452,13 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         gone = set(sent) | set(result.deleted) | carried
         old_manifest = now.manifest
         manifest = {p: h for p, h in old_manifest.items() if p not in gone and p in final}
-        if opts.verify and algorithm == XXH128:
+        if opts.verify:
             manifest.update(hashes)
             missing = [p for p in final if p not in manifest and p in src.tree and src.tree[p].kind == "f"]
-            manifest.update(hash_files(src.host, src.path, missing, method))
+            if algorithm == XXH128:
+                manifest.update(hash_files(src.host, src.path, missing, method))
+            else:
+                manifest.update(hash_files(here.host, here_root, missing, "xxhsum"))
 
         # 5. publish in one step (with the manifest, in the same round trip)
         write = manifest != old_manifest
@@ -563,6 +576,10 @@ def _send(src: _Side, stage: _Side, rsh, ropts: RsyncOptions, planned: list[Plan
 
 def _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, cancel) -> RsyncRun:
     runs: list[RsyncRun] = []
+    # --bwlimit is for the whole transfer: streams that run at once share it
+    # (whole KiB/s each, so no more streams than the limit has KiB/s)
+    kib = bwlimit_kib(ropts.bwlimit) if ropts.bwlimit else 0
+    streams = min(streams, kib) if kib else streams
     if streams > 1 and len(files) > 1 and total >= PARALLEL_MIN_BYTES:
         groups: list[list[PlannedFile]] = [[] for _ in range(min(streams, len(files)))]
         for f in files:  # largest first into the lightest group
@@ -574,7 +591,8 @@ def _send_all(src, stage, rsh, ropts, files, total, streams, reporter, on_item, 
                 with open(path, "wb") as fh:
                     fh.write(b"".join(p.path.encode("utf-8", "surrogateescape") + b"\0" for p in g))
                 lists.append(path)
-            stream_opts = RsyncOptions(**{**ropts.__dict__, "delete": False})
+            stream_opts = RsyncOptions(**{**ropts.__dict__, "delete": False,
+                                          "bwlimit": stream_bwlimit(ropts.bwlimit, len(lists))})
             failed = None
             with ThreadPoolExecutor(max_workers=len(lists)) as pool:
                 futures = [pool.submit(run_rsync, build_rsync_argv(src.rsync_spec(), stage.rsync_spec(), rsh,

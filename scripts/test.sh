@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Install what the tests need (sshd, ssh, rsync, xxhsum, iproute2, procps, nftables) and run the
-# whole suite against real peers. Used as-is by .ci/run.
+# Install what the tests need (sshd, ssh, rsync, xxhsum, iproute2, procps, nftables, and zsh for
+# tests/serverbed.py's zsh login shell) and run the whole suite against real peers. Used as-is by .ci/run.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 need=()
-for pair in sshd:openssh-server ssh:openssh-client rsync:rsync xxhsum:xxhash ip:iproute2 tc:iproute2 pgrep:procps nft:nftables; do
+for pair in sshd:openssh-server ssh:openssh-client rsync:rsync xxhsum:xxhash ip:iproute2 tc:iproute2 pgrep:procps nft:nftables zsh:zsh; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
