@@ -125,23 +125,23 @@ class LocalHost:
         import fcntl
 
         os.makedirs(os.path.dirname(os.path.expanduser(path)) or ".", exist_ok=True)
-        try:  # never through a link planted at the lock's name
-            fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.EISDIR):
-                raise
-            raise not_ours(self.alias, f"not-ours: {path}") from exc
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise not_ours(self.alias, f"not-ours: {path}")
+        waited = False
+        while True:
+            fd = _open_lock_file(self.alias, os.path.expanduser(path))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not wait:
+                    os.close(fd)
                     raise LockBusy(self.alias, path) from None
-                if on_wait:
+                if on_wait and not waited:
                     on_wait()
+                waited = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, os.path.expanduser(path)):
+                break
+            os.close(fd)  # the holder before us removed it on release: lock the new one
+        try:
             out = ""
             if then:
                 res = self.script(then, timeout=3600)
@@ -151,10 +151,39 @@ class LocalHost:
                 out = res.stdout
             yield Held(out)  # an flock of this process cannot lapse while it runs
         finally:
+            # no lock file left behind: removed while still held (a waiter
+            # finds its file gone and locks a new one, see _same_file)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.expanduser(path))
             os.close(fd)
 
     def close(self):
         pass
+
+
+def _open_lock_file(alias: str, path: str) -> int:
+    """The lock file, opened never through a link planted at its name."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR):
+            raise
+        raise not_ours(alias, f"not-ours: {path}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise not_ours(alias, f"not-ours: {path}")
+    return fd
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether the flocked file is still the one at `path`: a holder removes
+    the lock file as it lets go, so a waiter may hold the lock of a file that
+    is gone (the whole protocol: lock, check, remove before release)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 MIN_STALE = 30  # seconds; below this a slow server or a long pause would cost a writer its lock
@@ -484,8 +513,9 @@ class RemoteHost:
         receivers would otherwise write on into the next holder's stage."""
         # while queued: give up when our end closes (stdin EOF), so an
         # interrupted run leaves no waiter behind that would take the lock later
-        busy = ('echo BUSY; while ! flock -w 2 9; do if command -v timeout >/dev/null 2>&1; then '
-                'timeout 1 head -c 1 >/dev/null; [ $? -eq 124 ] || exit 4; fi; done') if wait else 'echo BUSY; exit 75'
+        busy = ('[ -n "$said" ] || echo BUSY; said=1; while ! flock -w 2 9; do if command -v timeout >/dev/null 2>&1; '
+                'then timeout 1 head -c 1 >/dev/null; [ $? -eq 124 ] || exit 4; fi; done') if wait \
+            else 'echo BUSY; exit 75'
         lock_dir = remote_path_expr(posixpath.dirname(path) or ".")
         # markers with a random token: the `then` output may hold any file name
         token = os.urandom(8).hex()
@@ -505,10 +535,15 @@ class RemoteHost:
         script = ((FENCE_SH if fence else "")
                   + f"mkdir -p -- {lock_dir} || exit 3\n"
                   f"if [ -L {lock_q} ] || {{ [ -e {lock_q} ] && [ ! -f {lock_q} ]; }}; then echo NOTOURS; exit 8; fi\n"
-                  f"exec 9>>{lock_q} || exit 3\n"
                   f"command -v flock >/dev/null 2>&1 || {{ echo NOFLOCK; exit 5; }}\n"
-                  f"if ! flock -n 9; then {busy}; fi\n"
-                  f"owner={remote_path_expr(owner)}; trap 'rm -f -- \"$owner\"' EXIT; trap 'exit 1' HUP INT TERM PIPE\n"
+                  # a holder removes the lock file as it lets go: a waiter
+                  # that then holds a file no longer there locks the new one
+                  f"said=; while :; do exec 9>>{lock_q} || exit 3\n"
+                  f"  if ! flock -n 9; then {busy}; fi\n"
+                  f"  if [ {lock_q} -ef /dev/fd/9 ]; then break; fi; exec 9>&-\n"
+                  f"done\n"
+                  f"owner={remote_path_expr(owner)}\n"
+                  f"trap 'rm -f -- \"$owner\" {lock_q}' EXIT; trap 'exit 1' HUP INT TERM PIPE\n"
                   f": > \"$owner\"\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
         proc = subprocess.Popen(self.script_argv(script), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

@@ -574,8 +574,11 @@ for p in @PATHS@; do
   fi
   if [ $r = ours ]; then
     lock="$base/.$name$ls"
-    if [ -f "$lock" ] && [ ! -L "$lock" ] && command -v flock >/dev/null 2>&1; then
-      ( flock -n 9 || exit 75; if [ -L "$p" ]; then rm -f -- "$p"; else rm -rf -- "$p"; fi && rm -rf -- "$v" ) 9>>"$lock"; rc=$?
+    if [ -L "$lock" ] || { [ -e "$lock" ] && [ ! -f "$lock" ]; }; then rc=75  # not ours: never opened (busy)
+    elif command -v flock >/dev/null 2>&1; then  # the writers' protocol (hosts.lock): lock, check, remove before release
+      ( flock -n 9 && [ "$lock" -ef /dev/fd/9 ] || exit 75
+        if [ -L "$p" ]; then rm -f -- "$p"; else rm -rf -- "$p"; fi && rm -rf -- "$v"; rc=$?; rm -f -- "$lock"; exit $rc
+      ) 9>>"$lock"; rc=$?
     else
       if [ -L "$p" ]; then rm -f -- "$p"; else rm -rf -- "$p"; fi && rm -rf -- "$v"; rc=$?
     fi

@@ -54,7 +54,7 @@ ms_offer() {{
   {{ read -r _ < /proc/$$/io; }} 2>/dev/null || return 1  # the watchdog below reads progress there
   true 2>/dev/null >>"$lock" || return 1  # (a missing parent: the rsync path makes it)
   exec 9>>"$lock"
-  if flock -n 9 && ms_absent && mkdir -- "$stage" 2>/dev/null; then
+  if flock -n 9 && [ "$lock" -ef /dev/fd/9 ] && ms_absent && mkdir -- "$stage" 2>/dev/null; then
     if true 2>/dev/null >"$owner"; then return 0; fi
     rmdir -- "$stage"
   fi
@@ -62,7 +62,7 @@ ms_offer() {{
   return 1
 }}
 if ms_offer; then
-  trap 'rm -f -- "$owner" "$owner.0" "$owner.1" "$owner.out"' EXIT; trap 'exit 1' HUP INT TERM PIPE
+  trap 'rm -f -- "$owner" "$owner.0" "$owner.1" "$owner.out" "$lock"' EXIT; trap 'exit 1' HUP INT TERM PIPE
   if command -v gzip >/dev/null 2>&1; then z=gzip; else z=plain; fi
   printf '%s %s\n' {offered} $z
   # the answer: T, a tar stream; Z, gzipped (tar -z runs gzip -d); nothing, no.
