@@ -542,8 +542,8 @@ class RemoteHost:
                   f"  if ! flock -n 9; then {busy}; fi\n"
                   f"  if [ {lock_q} -ef /dev/fd/9 ]; then break; fi; exec 9>&-\n"
                   f"done\n"
-                  f"owner={remote_path_expr(owner)}\n"
-                  f"trap 'rm -f -- \"$owner\" {lock_q}' EXIT; trap 'exit 1' HUP INT TERM PIPE\n"
+                  f"owner={remote_path_expr(owner)}; lockf={lock_q}\n"
+                  f"trap 'rm -f -- \"$owner\" \"$lockf\"' EXIT; trap 'exit 1' HUP INT TERM PIPE\n"
                   f": > \"$owner\"\necho LOCKED\n{then_part}printf '\\n%s\\n' {ready}\n{hold}")
         proc = subprocess.Popen(self.script_argv(script), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
