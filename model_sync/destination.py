@@ -115,7 +115,9 @@ ms_check_names() {
   done
   if [ -L "$link" ] || [ ! -e "$link" ]; then :; else ms_not_ours "$link"; fi
 }
-ms_flush() {  # files and directories to disk (coreutils sync FILE...: fsync each)
+ms_flush() {  # files and directories to disk: fsync each (coreutils sync FILE...), or with
+  # many files one syncfs of their filesystem (sync -f), far fewer calls for the same guarantee
+  if [ "${flush:-files}" = fs ] && sync -f -- "$1" 2>/dev/null; then return 0; fi
   find "$@" \( -type f -o -type d \) -exec sync -- {} + 2>/dev/null || sync
 }
 """
@@ -215,11 +217,19 @@ def prepare_script(names: Names, quote) -> str:
     return shell_vars(names, quote) + FENCE_SH + FUNCTIONS + PREPARE
 
 
+FLUSH_FS_FILES = 256  # from this many files on, one syncfs flushes the stage (see ms_flush)
+
+
+def flush_settings(fsync: bool, files: int, grace: int) -> str:
+    """The shell variables ms_publish reads for flushing and for old versions."""
+    return f"fsync={int(fsync)}; flush={'fs' if files >= FLUSH_FS_FILES else 'files'}; grace={int(grace)}\n"
+
+
 def publish_script(names: Names, quote, owner: str | None, write_manifest: bool, swap: bool, fsync: bool,
-                   grace: int) -> str:
+                   grace: int, files: int = 0) -> str:
     return (shell_vars(names, quote)
             + f"owner={quote(owner) if owner else chr(39) * 2}; write_manifest={int(write_manifest)}; "
-              f"swap={int(swap)}; fsync={int(fsync)}; grace={int(grace)}\n"
+              f"swap={int(swap)}\n" + flush_settings(fsync, files, grace)
             + FENCE_SH + FUNCTIONS + PUBLISH_FN + PUBLISH)
 
 

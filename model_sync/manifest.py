@@ -227,7 +227,7 @@ def parse_listing(data: str, dirs: dict[str, int] | None = None) -> tuple[dict[s
             # find prints seconds and a fraction of 10 digits: nanoseconds and a 0
             sec, _, frac = mtime.partition(".")
             files[path] = FileEntry(path, int(size), int(sec), kind, parts[i + 1] if kind == "l" else "",
-                                    int(mode, 8), int((frac + "000000000")[:9]))
+                                    int(mode, 8), int(frac[:9]) if len(frac) >= 9 else int((frac + "000000000")[:9]))
         i += 2
     return files, "\0".join(parts[i:])
 

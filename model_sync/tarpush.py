@@ -209,7 +209,8 @@ def inspect_offering(host, path: str, opts):
                               manifest=MANIFEST_NAME)
     # the destination's variables and its publish step (destination.py), then the offer
     script = (inspect_script(host, path, use_stage=True) + destination.shell_vars(names, target_expr)
-              + f"fsync={int(opts.fsync)}; grace={int(opts.grace_minutes)}\n"
+              # (a stream carries MIN_FILES or more: one syncfs flushes them)
+              + destination.flush_settings(opts.fsync, MIN_FILES, opts.grace_minutes)
               + destination.FUNCTIONS + destination.PUBLISH_FN) + _OFFER.format(
         lock=target_expr(lock), owner=target_expr(f"{lock}.owner-{token}"), offered=offered,
         stale=stale, receive=receive)

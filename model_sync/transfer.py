@@ -469,7 +469,7 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         swap = bool(gone) or write or changed or not now.is_dir
         res = dst.host.script(destination.publish_script(
             names, remote_path_expr, held.owner, write_manifest=write, swap=swap, fsync=opts.fsync,
-            grace=opts.grace_minutes), timeout=3600,
+            grace=opts.grace_minutes, files=len(final)), timeout=3600,
             stdin=manifest_text(manifest).encode("utf-8", "surrogateescape") if write else None)
         if res.exit_code == destination.NOT_OURS_EXIT:
             raise destination.not_ours(alias, res.stderr)

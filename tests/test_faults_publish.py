@@ -200,3 +200,17 @@ def test_every_file_is_flushed_before_the_publish(bed, tmp_path, flag):
         assert f"{stage}/{f}" in flushed, flushed
     assert str(bed.local_base / f".{NAME}.model-sync-versions") in flushed  # the rename into it
     assert str(bed.local_base) in flushed  # the link's rename
+
+
+def test_a_model_of_many_files_is_flushed_by_its_filesystem(bed, tmp_path):
+    """From 256 files on, one syncfs (`sync -f`) of the stage's filesystem
+    stands for thousands of fsyncs; the renames are flushed as before."""
+    env, log = _sync_spy(tmp_path)
+    src = make_model(tmp_path / "src" / NAME, {f"f{i:04d}.txt": b"%d" % i for i in range(300)})
+    res = run_cli("push", str(src), "local", env=env)
+    assert res.returncode == 0, res.stderr
+    flushed = log.read_text().splitlines()
+    stage = str(bed.local_base / f".{NAME}.model-sync-staging")
+    assert flushed[:3] == ["-f", "--", stage], flushed[:5]
+    assert not any(f.startswith(stage + "/") for f in flushed)
+    assert str(bed.local_base) in flushed
