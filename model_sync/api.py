@@ -170,10 +170,13 @@ def push(local_path: str, destination: str, config: Config | None = None, opts=N
          on_warning=None, **hooks):
     """Send a local model directory to `server[:path]`; verified and published atomically.
     A name outside the naming convention is a warning (`on_warning(text)` and
-    the result's `warnings`), or with strict=True an error before anything moves."""
+    the result's `warnings`), or with strict=True an error before anything moves.
+    A Hugging Face cache folder (models--ORG--NAME) sends the snapshot its
+    refs/main names, under the folder's name; the result says which."""
     import os
     import posixpath
 
+    from .paths import huggingface_snapshot
     from .transfer import transfer
 
     config = config or load_config()
@@ -181,6 +184,12 @@ def push(local_path: str, destination: str, config: Config | None = None, opts=N
     # the name the directory will have there
     name = posixpath.basename(path.rstrip("/")) if path else os.path.basename(
         os.path.abspath(os.path.expanduser(local_path)).rstrip("/"))
+    snapshot = huggingface_snapshot(local_path)
+    selector = resolved = None
+    if snapshot is not None:
+        selector = f"{os.path.basename(os.path.abspath(os.path.expanduser(local_path)))} refs/main"
+        resolved = f"snapshots/{snapshot[1]}"
+        local_path, path = snapshot[0], path or name  # the snapshot, named as the folder
     check = inventory.check_name(name, config.naming_pattern)
     warnings = []
     if not check.matches:
@@ -190,12 +199,13 @@ def push(local_path: str, destination: str, config: Config | None = None, opts=N
         if on_warning:
             on_warning(check.message)
     result = transfer("push", local_path, alias, path, config, opts or transfer_defaults(config), **hooks)
-    return TransferReport.of(result, warnings=warnings)
+    return TransferReport.of(result, warnings=warnings, selector=selector, resolved=resolved)
 
 
 def pull(source: str, local_path: str, config: Config | None = None, opts=None, gpu: str | None = None,
          on_resolve=None, **hooks):
-    """Fetch `server:path` into local_path (inside it when it is a directory).
+    """Fetch `server:path` into local_path/NAME (local_path itself when its
+    last component is NAME: see paths.pull_destination).
     `path` may be a selector, `MODEL@latest` or `MODEL@VERSION` (`gpu` narrows
     it); the directory it chose is passed to `on_resolve(selector, path)` and
     kept in the result's `resolved`."""
@@ -278,7 +288,7 @@ def verify(local_path: str, destination: str, config: Config | None = None, gpu:
         rel = relative_or_absolute(path, alias, os.path.basename(local_abs.rstrip("/")))
         with ThreadPoolExecutor(max_workers=2) as pool:  # one round trip to the server: tools and listing
             ft = pool.submit(list_tree, here, local_abs)
-            rt = pool.submit(inspect, server, rel, False)
+            rt = pool.submit(inspect, server, rel, False, True)  # both read as rsync sends them
             ltree, (facts, rstate) = ft.result(), rt.result()
         method = "xxhsum" if server.is_local else remote_hash_method(facts)
         rpath = rstate.path

@@ -303,7 +303,9 @@ def push(state: State, local_path, destination, resume, strict, **kw):
     """Send a local model directory to a server, verified and published atomically.
 
     PATH defaults to MODEL_BASE/<name of LOCAL_PATH>; a relative PATH is taken
-    under the server's model_base, an absolute one is used as given.
+    under the server's model_base, an absolute one is used as given. A
+    Hugging Face cache folder (models--ORG--NAME) sends the snapshot its
+    refs/main names.
 
     \b
     Examples:
@@ -325,7 +327,8 @@ def push(state: State, local_path, destination, resume, strict, **kw):
 @click.argument("local_path")
 @click.pass_obj
 def pull(state: State, source, local_path, resume, gpu, **kw):
-    """Fetch a model directory from a server; into LOCAL_PATH/<name> when LOCAL_PATH is a directory.
+    """Fetch a model directory from a server into LOCAL_PATH/<name> (made if
+    missing), or into LOCAL_PATH itself when its last component is <name>.
 
     PATH may be MODEL@latest (the newest version of MODEL) or MODEL@VERSION;
     the directory it chose is printed on stderr.

@@ -438,6 +438,15 @@ def _open_side(spec: str, config: Config, right: bool, default_name: str | None,
     return host, side
 
 
+def _base_of(host, side: DiffSide, spec: str, config: Config) -> str | None:
+    """A server side's model_base when its path was given relative to it (or
+    not at all): the listing checks that it stays under it, links followed."""
+    if side.server is None:
+        return None
+    path = _split_side(spec, config, True)[1]
+    return None if (path or "").startswith("/") else host.server.model_base
+
+
 def diff(left: str, right: str, config: Config, checksum: bool = False, gpu: str | None = None) -> DiffResult:
     """Compare two model trees; either side may be a local path or
     `server:path` (the right one also a bare server alias: the left's name
@@ -462,8 +471,8 @@ def diff(left: str, right: str, config: Config, checksum: bool = False, gpu: str
         elif not lside.server and not rside.server:
             lside.label, rside.label = "Left", "Right"
         with ThreadPoolExecutor(max_workers=2) as pool:
-            fl = pool.submit(list_tree_with_manifest, lhost, lside.path)
-            fr = pool.submit(list_tree_with_manifest, rhost, rside.path)
+            fl = pool.submit(list_tree_with_manifest, lhost, lside.path, _base_of(lhost, lside, left, config))
+            fr = pool.submit(list_tree_with_manifest, rhost, rside.path, _base_of(rhost, rside, right, config))
             ltree, rtree = fl.result(), fr.result()
         for side, tree in ((lside, ltree), (rside, rtree)):
             if tree.exists and not tree.is_dir:

@@ -36,6 +36,7 @@ class FileEntry:
     target: str = ""  # symlink target
     mode: int = 0  # permission bits (rsync -a keeps them)
     nsec: int = 0  # the mtime's sub-second part, in nanoseconds
+    points: str = ""  # a symlink in a source listing: what it resolves to, 'f' or 'd'; 'n': nothing (dangling, a loop)
 
     def same_quick(self, other: "FileEntry") -> bool:
         if self.kind != other.kind:
@@ -70,6 +71,8 @@ class Tree:
     is_dir: bool = True
     manifest: dict[str, str] = field(default_factory=dict)  # the directory's .model-sync.xxh128
     dirs: dict[str, int] = field(default_factory=dict)  # directories below root -> mode
+    followed: list[str] = field(default_factory=list)  # symlinks listed as what they point to (follow_links)
+    dangling: list[str] = field(default_factory=list)  # symlinks that point at nothing, listed as links
 
     @property
     def total_bytes(self) -> int:
@@ -83,13 +86,33 @@ FIND_FILES = (r"find . -mindepth 1 -name {partial} -prune -o \( -type f -o -type
               r"-printf '%y %s %T@ %m %P\0%l\0' -o -type d -printf 'd 0 %T@ %m %P\0\0'"
               ).format(partial=PARTIAL_DIR, manifest=MANIFEST_NAME)
 
+# The same for a source (what rsync --copy-unsafe-links reads): each symlink's
+# record says what it resolves to, F a file, D a directory, N nothing (see
+# follow_links).
+_SOURCE_EXPR = (r"\( -type l \( -xtype f -printf 'F %s %T@ %m {path}\0%l\0' "
+                r"-o -xtype d -printf 'D %s %T@ %m {path}\0%l\0' "
+                r"-o -printf 'N %s %T@ %m {path}\0%l\0' \) -o -type f -printf 'f %s %T@ %m {path}\0\0' "
+                r"-o -type d -printf 'd 0 %T@ %m {path}\0\0' \)")
+FIND_SOURCE = (r"find . -mindepth 1 -name {partial} -prune -o ! -path ./{manifest} "
+               ).format(partial=PARTIAL_DIR, manifest=MANIFEST_NAME) + _SOURCE_EXPR.format(path="%P")
+
+# What the symlinks named on stdin (NUL-separated, each "./PATH") point to, as
+# FIND_SOURCE records: a file's own size, time and mode, a directory's
+# entries (find -H follows only the names given; the links below them are
+# reported as links, for the next round).
+_FOLLOW = (r"cd -- {root} || exit 3" "\n"
+           r"exec xargs -0 sh -c {find}" " sh\n")
+_FOLLOW_FIND = (r'exec find -H "$@" -name {partial} -prune -o '
+                ).format(partial=PARTIAL_DIR) + _SOURCE_EXPR.format(path="%p")
+MAX_LINK_ROUNDS = 16  # links below links below links...: deeper than this is taken for a loop
+
 # The listing and, in the same round trip, the manifest's text. Framed as
 # SectionReader reads it.
 _LIST = r"""
 root={root}
 if [ ! -e "$root" ]; then printf 'MISSING\n@@DATA\n'; exit 0; fi
 if [ ! -d "$root" ]; then printf 'NOTDIR\n@@DATA\n'; exit 0; fi
-cd -- "$root" || exit 3
+{inside}cd -- "$root" || exit 3
 printf 'OK\n@@DATA\n@@LIST tree\0\0'
 {find}
 printf '@@END\0\0'
@@ -100,27 +123,118 @@ fi
 """
 
 
-def list_tree(host, root: str) -> Tree:
+def list_tree(host, root: str, base: str | None = None) -> Tree:
     """Every file and symlink under root, with size and mtime, and the
-    directory's manifest, in one round trip."""
+    directory's manifest, in one round trip; as a source: what rsync sends
+    of it (see follow_links; one more round trip where a link leaves it).
+    `base`: root was given relative to this model_base, and must stay under
+    it with links followed (paths.outside_base)."""
     from .hosts import remote_path_expr
+    from .paths import INSIDE_SH, outside_base
 
+    inside = INSIDE_SH.format(base=remote_path_expr(base), target='"$root"', parent=0) if base else ""
     reader = SectionReader()
-    res = host.script(_LIST.format(root=remote_path_expr(root), find=FIND_FILES, manifest=MANIFEST_NAME),
+    res = host.script(_LIST.format(root=remote_path_expr(root), find=FIND_SOURCE, manifest=MANIFEST_NAME,
+                                   inside=inside),
                       timeout=600, on_output=reader.feed)
     head, lists, dirs, rest = reader.finish()
+    if head is not None and head.startswith("outside="):
+        raise outside_base(host.alias, root, base, head[len("outside="):])
     if head not in ("OK", "MISSING", "NOTDIR") or (head == "OK" and "tree" not in lists):
         raise RemoteError(host.alias, f"cannot list {root}: {res.stderr.strip() or 'exit ' + str(res.exit_code)}",
                           res.exit_code, res.stderr)
     if head != "OK":
         return Tree(root, exists=head == "NOTDIR", is_dir=False)
     tree = Tree(root, exists=True, files=lists["tree"], dirs=dirs["tree"])
+    tree.followed, tree.dangling = follow_links(host, root, tree.files, tree.dirs)
     if rest.startswith("MANIFEST\n"):
         tree.manifest = parse_manifest(rest[len("MANIFEST\n"):])
     return tree
 
 
-_KINDS = ("f ", "l ", "d ")  # how a FIND_FILES record begins
+# -- symlinks in a source -------------------------------------------------------------
+def unsafe_link(path: str, target: str) -> bool:
+    """Whether rsync --copy-unsafe-links sends the symlink at `path` (relative
+    to the model directory, clean) as what it points to, by the text of its
+    target alone, as rsync's unsafe_symlink() decides: an absolute target;
+    one whose '..' climbs above the model directory at any point; and, since
+    rsync 3.4.0 (CVE-2024-12088, backported by distributions), one with a
+    '..' after its leading ones ('a/../x', './../x', 'a/..'). An older rsync
+    keeps such a link a link: the copy is still whole, only the next push
+    is not found up to date."""
+    if not target or target.startswith("/"):
+        return True
+    rest = target
+    while rest.startswith("../"):
+        rest = rest[3:].lstrip("/")
+    if "/../" in rest or (len(target) > 3 and target.endswith("/..")):
+        return True
+    depth = path.count("/")  # directories above the link, inside the model
+    *middle, last = target.split("/")
+    for part in middle:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return last == ".." and depth == 0
+
+
+def follow_links(host, root: str, files: dict[str, FileEntry], dirs: dict[str, int]) -> tuple[list[str], list[str]]:
+    """Turn a FIND_SOURCE listing into what rsync --copy-unsafe-links sends:
+    a symlink that leaves the model directory (unsafe_link) becomes what it
+    points to, a file (its size, time and mode) or a directory (with its
+    entries, whose own links are judged the same way); one that stays inside
+    stays a link. Changes `files` and `dirs`; returns (the links followed,
+    the dangling ones: left as links, for the caller to refuse or report).
+    One round trip per level of links below links, none without such links."""
+    from .hosts import remote_path_expr
+
+    followed: dict[str, str] = {}  # link -> its target
+    dangling: list[str] = []
+    todo = [p for p, f in files.items() if f.kind == "l"]
+    for _ in range(MAX_LINK_ROUNDS):
+        unsafe = []
+        for p in todo:
+            f = files[p]
+            if f.points not in ("f", "d"):
+                dangling.append(p)
+            elif unsafe_link(p, f.target):
+                unsafe.append(p)
+        if not unsafe:
+            return sorted(followed), sorted(dangling)
+        names = b"".join(("./" + p).encode("utf-8", "surrogateescape") + b"\0" for p in unsafe)
+        script = _FOLLOW.format(root=remote_path_expr(root), find=shlex.quote(_FOLLOW_FIND))
+        res = host.script(script, timeout=600, stdin=names)
+        found: dict[str, int] = {}
+        listed, rest = parse_listing(res.stdout, found)
+        # (xargs exits 123 when find met something unreadable: listed as far as it goes, as the main listing)
+        if res.exit_code not in (0, 123) or rest.strip("\0"):
+            why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exit_code}"
+            raise RemoteError(host.alias, f"cannot read what the symlinks under {root} point to: {why}",
+                              res.exit_code, res.stderr)
+        for p in unsafe:
+            followed[p] = files.pop(p).target
+        todo = []
+        for p, f in listed.items():
+            p = p[2:]  # "./" off
+            f.path = p
+            files[p] = f
+            if f.kind == "l":
+                todo.append(p)
+        dirs.update((p[2:], mode) for p, mode in found.items())
+    from .errors import UsageError
+    from .render import cell
+
+    first = min((p for p in followed if todo[0].startswith(p + "/")), key=len, default=todo[0])
+    raise UsageError(f"{root}: the symlink {cell(first)} -> {cell(followed.get(first, ''))} leads into a directory "
+                     f"that holds it (a loop; links below links more than {MAX_LINK_ROUNDS} deep). "
+                     "Replace it with the files it should hold, or remove it")
+
+
+_KINDS = ("f ", "l ", "d ", "F ", "D ", "N ")  # how a FIND_FILES or FIND_SOURCE record begins
+_POINTS = {"F": "f", "D": "d", "N": "n"}  # a FIND_SOURCE symlink record: what it points to
 _OPEN, _CLOSE = "@@LIST ", "@@END\0\0"
 
 
@@ -226,8 +340,12 @@ def parse_listing(data: str, dirs: dict[str, int] | None = None) -> tuple[dict[s
         else:
             # find prints seconds and a fraction of 10 digits: nanoseconds and a 0
             sec, _, frac = mtime.partition(".")
+            points = _POINTS.get(kind, "")
+            if points:
+                kind = "l"
             files[path] = FileEntry(path, int(size), int(sec), kind, parts[i + 1] if kind == "l" else "",
-                                    int(mode, 8), int(frac[:9]) if len(frac) >= 9 else int((frac + "000000000")[:9]))
+                                    int(mode, 8), int(frac[:9]) if len(frac) >= 9 else int((frac + "000000000")[:9]),
+                                    points)
         i += 2
     return files, "\0".join(parts[i:])
 

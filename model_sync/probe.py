@@ -32,7 +32,8 @@ v=$(df -Pk -- "$p" 2>/dev/null); printf 'df=%s\n' "${{v##*$nl}}"
 # listings, each opened by an "@@LIST name" record and closed by "@@END":
 # no file name can fake either, as no name is empty or contains NUL.
 # A target that is a link we published (into .NAME.model-sync-versions/, see
-# destination.py) is read through the link; any other link is reported. A
+# destination.py) is read through the link; any other link is reported (and
+# a source, what is read, is read through it too: {source}=1). A
 # real directory with entries and no manifest of ours is "foreign": a
 # publish would replace something model-sync did not make.
 _STATE = _NL + r"""target={target}; stage={stage}; versions={versions}
@@ -40,7 +41,7 @@ tdir=$target
 if [ -L "$target" ]; then  # ours: it resolves to a directory right inside our versions directory (no fork to test)
   if [ -d "$target" ] && [ ! -L "$versions" ] && [ "$target/.." -ef "$versions" ]; then
     echo target_version=1; tdir="$target/"
-  else echo target_link=1; fi
+  else echo target_link=1; if [ {source} = 1 ] && [ -d "$target" ]; then tdir="$target/"; fi; fi
 fi
 if [ -d "$target" ]; then echo target_dir=1; elif [ -e "$target" ] || [ -L "$target" ]; then echo target_other=1; fi
 if [ -d "$tdir" ] && [ ! -L "$tdir" ] && [ ! -f "$tdir/{manifest}" ]; then
@@ -73,13 +74,16 @@ if [ {both} = 1 ]; then ms_list target "$tdir"; fi
 """
 
 
-def state_script(target: str, stage: str, versions: str, use_stage: bool, both: bool) -> str:
+def state_script(target: str, stage: str, versions: str, use_stage: bool, both: bool, source: bool = False) -> str:
     """Shell that reports the state of `target` (and its staging copy); the
-    paths (target, its stage and versions directory) are already-quoted shell words."""
-    from .manifest import FIND_FILES, MANIFEST_NAME, PARTIAL_DIR
+    paths (target, its stage and versions directory) are already-quoted shell
+    words. `source`: the target is read from (a pull's source): listed
+    through a symlink, as rsync reads it (manifest.FIND_SOURCE)."""
+    from .manifest import FIND_FILES, FIND_SOURCE, MANIFEST_NAME, PARTIAL_DIR
 
     return _STATE.format(target=target, stage=stage, versions=versions, use_stage=1 if use_stage else 0,
-                         both=1 if both else 0, manifest=MANIFEST_NAME, find=FIND_FILES, partial=PARTIAL_DIR)
+                         both=1 if both else 0, manifest=MANIFEST_NAME, find=FIND_SOURCE if source else FIND_FILES,
+                         partial=PARTIAL_DIR, source=1 if source else 0)
 
 
 @dataclass
@@ -133,6 +137,8 @@ class TargetState:
     target_files: dict | None = None  # the target's own listing, when asked for both
     dirs: dict = field(default_factory=dict)  # directories of the listed copy -> mode
     stage_partial_bytes: int = 0  # in rsync's partial files of the staging copy (when listed)
+    followed: list = field(default_factory=list)  # a source's symlinks listed as what they point to
+    dangling: list = field(default_factory=list)  # a source's symlinks that point at nothing
 
 
 def parse_state(out: str, path: str, both: bool = False) -> TargetState:
@@ -200,13 +206,20 @@ def absolute(facts: "HostFacts", path: str) -> str:
     return posixpath.normpath(posixpath.join(facts.base_abs, path))
 
 
-def inspect_script(host, path: str, use_stage: bool) -> str:
+def inspect_script(host, path: str, use_stage: bool, source: bool = False) -> str:
     """The script inspect runs: the probe, then the state of `path` (its
-    shell variables $base, $target and $stage stay set for anything appended)."""
+    shell variables $base, $target and $stage stay set for anything appended).
+    A relative path that leads out of model_base through a symlink stops it
+    there (paths.INSIDE_SH), before anything appended runs."""
+    from .paths import INSIDE_SH
+
     names = Names(path)
+    relative = not path.startswith(("/", "~"))
     return (probe_script(host.server.model_base, full=False)
+            + (INSIDE_SH.format(base='"$base"', target=target_expr(path), parent=0 if source else 1)
+               if relative else "")
             + state_script(target_expr(path), target_expr(names.stage), target_expr(names.versions), use_stage,
-                           both=False))
+                           both=False, source=source))
 
 
 def inspection(host, path: str, reader, exit_code: int, stderr: str) -> tuple[HostFacts, TargetState]:
@@ -215,6 +228,10 @@ def inspection(host, path: str, reader, exit_code: int, stderr: str) -> tuple[Ho
 
     try:
         reader.finish()
+        if reader.head_value and "outside" in reader.head_value[0]:
+            from .paths import outside_base
+
+            raise outside_base(host.alias, path, host.server.model_base, reader.head_value[0]["outside"])
         facts = parse_probe(reader.head_value[2] if reader.head_value else "")
         state = state_from(reader, absolute(facts, path))
     except ValueError:
@@ -223,13 +240,19 @@ def inspection(host, path: str, reader, exit_code: int, stderr: str) -> tuple[Ho
     return facts, state
 
 
-def inspect(host, path: str, use_stage: bool) -> tuple[HostFacts, TargetState]:
+def inspect(host, path: str, use_stage: bool, source: bool = False) -> tuple[HostFacts, TargetState]:
     """Probe a host and look at one model directory on it, in one round trip.
     `path` is absolute or relative to the host's model_base (already checked
-    not to climb out of it)."""
+    not to climb out of it with '..'; here, not through a symlink either).
+    `source`: it is read from: listed as rsync sends it (manifest.follow_links)."""
     reader = state_reader()  # parses while the output arrives
-    res = host.script(inspect_script(host, path, use_stage), timeout=600, on_output=reader.feed)
-    return inspection(host, path, reader, res.exit_code, res.stderr)
+    res = host.script(inspect_script(host, path, use_stage, source), timeout=600, on_output=reader.feed)
+    facts, state = inspection(host, path, reader, res.exit_code, res.stderr)
+    if source and state.is_dir:
+        from .manifest import follow_links
+
+        state.followed, state.dangling = follow_links(host, state.path, state.files, state.dirs)
+    return facts, state
 
 
 def parse_probe(output: str) -> HostFacts:

@@ -85,6 +85,9 @@ def build_rsync_argv(source: str, dest: str, rsh: str | None, opts: RsyncOptions
     `source`/`dest` are either local paths or `host:path` (with rsh).
     `files_from`: a local file of NUL-separated paths: only those are sent."""
     argv = ["rsync", "-a", "-s",  # -s: names travel verbatim, not through the remote shell
+            # a symlink out of the model (a Hugging Face snapshot's, into ../../blobs) goes as the
+            # file it points to; one inside stays a link (manifest.follow_links lists the same)
+            "--copy-unsafe-links",
             "--partial-dir=" + PARTIAL_DIR,  # resume: partial files survive, outside final names
             "--out-format=%i|%l|%n%L", "--info=progress2", "--outbuf=L",
             f"--timeout={opts.io_timeout}"]

@@ -29,7 +29,7 @@ from . import destination
 from .destination import Names
 from .hosts import LocalHost, open_host, remote_path_expr, stale_seconds
 from .manifest import SHA256, XXH128, hash_both, hash_files, list_tree, manifest_text, remote_hash_method, same_nsec
-from .paths import relative_or_absolute, system_place
+from .paths import pull_destination, relative_or_absolute, system_place
 from .probe import HostFacts, TargetState, inspect, parse_state, state_script
 from .rsync import (Item, RsyncOptions, RsyncRun, build_rsync_argv, bwlimit_kib, check_bwlimit, check_result,
                     run_rsync, stream_bwlimit)
@@ -118,6 +118,7 @@ class _Side:
     state: TargetState | None = None  # destination side: as inspected
     dirs: dict = field(default_factory=dict)  # source side: its directories -> mode
     stage: str = ""
+    followed: list = field(default_factory=list)  # source side: symlinks sent as what they point to
 
     def rsync_spec(self) -> str:
         if self.host.is_local:
@@ -157,6 +158,18 @@ def _check_destination(alias: str, where: str, state: TargetState, base: str | N
     if state.foreign and not force:
         raise UsageError(f"{where} exists and was not published by model-sync (no manifest of ours in it); "
                          "publishing would replace it. Pick another destination, or add --force to replace it")
+
+
+def _check_links(where: str, tree: dict, dangling: list[str]) -> None:
+    """A source's symlinks that point at nothing: rsync would send one as a
+    link to nothing (or fail on it), and a model with it is broken anyway."""
+    if dangling:
+        from .render import cell
+
+        shown = ", ".join(f"{cell(p)} -> {cell(tree[p].target)}" for p in dangling[:3])
+        raise UsageError(f"{where}: {len(dangling)} symlink(s) point at nothing (dangling, or a loop): {shown}"
+                         f"{' ...' if len(dangling) > 3 else ''}; nothing was sent. Put the files they name "
+                         "in place, or remove the links")
 
 
 def _run_script(host, script: str, what: str, stdin: bytes | None = None) -> str:
@@ -201,25 +214,31 @@ def transfer(direction: str, local_path: str, alias: str, remote_path: str | Non
             if direction == "push" and not server.is_local and tarpush.may_offer(opts):
                 facts, remote, offer = tarpush.inspect_offering(server, rel, opts)
             else:
-                facts, remote = inspect(server, rel, use_stage=direction == "push")
+                facts, remote = inspect(server, rel, use_stage=direction == "push", source=direction == "pull")
             local_tree = local_tree.result() if local_tree else None
         if not server.is_local:
             _check_rsync(facts, alias)
         method = "xxhsum" if server.is_local else remote_hash_method(facts)
         rpath = remote.path
         if direction == "push":
+            _check_links(local_path, local_tree.files, local_tree.dangling)
             _check_destination(alias, f"{alias}:{rpath}", remote, facts.base_abs, opts.force)
-            src = _Side(here, local_abs, tree=local_tree.files, dirs=local_tree.dirs)
+            src = _Side(here, local_abs, tree=local_tree.files, dirs=local_tree.dirs, followed=local_tree.followed)
             dst = _Side(server, rpath, state=remote)
         else:
             if not remote.is_dir:
                 raise UsageError(f"{alias}:{rpath} is not a model directory on the server; "
                                  f"see 'model-sync list {alias}'")
-            if os.path.isdir(local_abs):
-                local_abs = os.path.join(local_abs, posixpath.basename(rpath))
+            _check_links(f"{alias}:{rpath}", remote.files, remote.dangling)
+            local_abs = pull_destination(local_path, posixpath.basename(rpath))
             _, local_state = inspect(here, local_abs, use_stage=True)
+            if local_state.foreign and not opts.force and local_abs == os.path.abspath(os.path.expanduser(local_path)):
+                raise UsageError(f"{local_abs} exists and was not published by model-sync (no manifest of ours "
+                                 f"in it); to pull into it, end the path with a slash ({local_path.rstrip('/')}/: "
+                                 f"the model lands in {os.path.join(local_abs, posixpath.basename(rpath))}); "
+                                 "to replace it, add --force")
             _check_destination(alias, local_abs, local_state, None, opts.force)
-            src = _Side(server, rpath, tree=remote.files, dirs=remote.dirs)
+            src = _Side(server, rpath, tree=remote.files, dirs=remote.dirs, followed=remote.followed)
             dst = _Side(here, local_abs, state=local_state)
         if server.is_local:  # both ends on this machine: neither may hold the other
             a, b = os.path.realpath(src.path), os.path.realpath(dst.path)
@@ -335,7 +354,9 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
 
     # a new model of many small files: one tar stream (see tarpush), into the
     # stage the inspection's session made under the lock it holds
-    if offer is not None and tarpush.accepts(facts, opts, method) and tarpush.suits(src.tree, opts):
+    # (not with a symlink to follow: tar would send the link itself)
+    if offer is not None and not src.followed and tarpush.accepts(facts, opts, method) and \
+            tarpush.suits(src.tree, opts):
         _check_space(alias, parent, dst.state.free_bytes, sum(f.size for f in src.tree.values() if f.kind == "f"))
         stop_if_cancelled("before the transfer")
         if offer.start(src.path, src.tree, src.dirs):  # (False: it lapsed meanwhile)

@@ -164,7 +164,7 @@ def test_local_alias_push_pull_verify(bed, model, tmp_path):
     out = tmp_path / "again"
     res = run_cli("--json", "pull", f"local:{model.name}", str(out))
     assert res.returncode == 0, res.stderr
-    assert tree(out) == tree(model)  # out did not exist: it becomes the model directory
+    assert tree(out / model.name) == tree(model)  # out did not exist: it is made, the model lands inside
     assert run_cli("verify", str(model), "local").returncode == 0
 
 
