@@ -471,7 +471,10 @@ def diff(left: str, right: str, config: Config, checksum: bool = False, gpu: str
             side.exists = tree.exists
             sizes = [f.size for f in tree.files.values() if f.kind == "f"]
             side.files, side.bytes = len(sizes), sum(sizes)
-        if not lside.exists and (lside.server is None or not rside.exists):
+        # a missing left side is an error where it is this machine's (a
+        # typo, not a model to fetch), whether given as a path or as `local:`
+        here = lside.server is None or config.server(lside.server).is_local
+        if not lside.exists and (here or not rside.exists):
             missing = lside if not lside.exists else rside
             raise UsageError(f"{missing.display} does not exist" +
                              ("" if missing.server else "; give the local model directory") +

@@ -142,3 +142,70 @@ def test_skill_runs_its_script_by_full_path_never_from_its_own_folder():
     assert commands
     for line in commands:  # a relative scripts/... only works from inside the skill's folder
         assert line.startswith(("SKILL_DIR/scripts/model-sync.sh ", "~/.claude/skills/model-sync/scripts/")), line
+
+
+# -- item 8: local paths over MCP --------------------------------------------------------------
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@asynccontextmanager
+async def mcp_session(bed):
+    params = StdioServerParameters(command=sys.executable, args=["-m", "model_sync.mcp_server"],
+                                   env={"HOME": str(bed.home), "MODEL_SYNC_CONFIG": str(bed.config)})
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+
+
+def text_of(result: types.CallToolResult) -> str:
+    assert len(result.content) == 1 and isinstance(result.content[0], types.TextContent)
+    return result.content[0].text
+
+
+@pytest.mark.anyio
+async def test_mcp_says_where_a_relative_local_path_is_taken(bed):
+    async with mcp_session(bed) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        for tool, arg in (("push", "model"), ("verify", "model"), ("diff", "model"), ("pull", "local_dir")):
+            assert "'local' server's model_base" in tools[tool].input_schema["properties"][arg]["description"], tool
+        r = await session.call_tool("push", {"model": "RTX3090_N2501_NOPE_250101", "server": "bed"})
+    assert r.is_error
+    assert text_of(r) == (f"model 'RTX3090_N2501_NOPE_250101' is not a directory here: "
+                          f"{bed.local_base / 'RTX3090_N2501_NOPE_250101'} does not exist (a relative model is "
+                          f"taken under the 'local' server's model_base, {bed.local_base}; an absolute path inside "
+                          "it works too)")
+
+
+@pytest.mark.anyio
+async def test_mcp_takes_an_absolute_local_path_inside_a_local_model_base(bed, tmp_path):
+    src = write_model(bed.local_base / "team" / "RTX3090_N2501_ASR_250101", {"w.bin": b"weights"})
+    outside = write_model(tmp_path / "elsewhere" / "RTX3090_N2501_ASR_250101", {"w.bin": b"weights"})
+    async with mcp_session(bed) as session:
+        r = await session.call_tool("push", {"model": str(src), "server": "bed"})
+        assert not r.is_error, text_of(r)
+        assert (bed.remote_base / src.name / "w.bin").read_bytes() == b"weights"
+        r = await session.call_tool("verify", {"model": str(src), "server": "bed"})
+        assert not r.is_error and r.structured_content["ok"] is True, text_of(r)
+        r = await session.call_tool("push", {"model": str(outside), "server": "bed", "remote_path": "other"})
+        assert r.is_error and text_of(r).startswith(
+            f"model '{outside}' is not inside the model_base of a local server ({bed.local_base})")
+        (bed.local_base / "link").symlink_to(tmp_path / "elsewhere")  # inside by name, outside in fact
+        r = await session.call_tool("pull", {"server": "bed", "remote_path": src.name,
+                                             "local_dir": str(bed.local_base / "link")})
+        assert r.is_error and "is not inside the model_base of a local server" in text_of(r)
+    assert list((tmp_path / "elsewhere").iterdir()) == [outside]
+
+
+@pytest.mark.anyio
+async def test_diff_of_a_local_model_that_does_not_exist_is_an_error(bed, cli):
+    write_model(bed.remote_base / "RTX3090_N2501_ASR_250101", {"w.bin": b"weights"})
+    async with mcp_session(bed) as session:
+        r = await session.call_tool("diff", {"model": "RTX3090_N2501_ASR_250101", "server": "bed"})
+    assert r.is_error, text_of(r)
+    assert f"{bed.local_base / 'RTX3090_N2501_ASR_250101'} does not exist" in text_of(r)
+    # the command line's `local:` spelling of the same
+    res = cli("diff", "local:RTX3090_N2501_ASR_250101", "bed")
+    assert res.returncode == 2 and "does not exist" in error_line(res)
