@@ -78,7 +78,10 @@ def _server_info(server: ServerConfig, config: Config) -> ServerInfo:
 
 def list_servers(config: Config | None = None, check: bool = False) -> ServersResult:
     config = config or load_config()
-    infos = [_server_info(s, config) for s in config.servers.values()]
+    # each remote server is one `ssh -G` (a few ms): a config of thousands
+    # took minutes one after another; they run side by side, as --check does
+    with ThreadPoolExecutor(max_workers=min(16, len(config.servers))) as pool:
+        infos = list(pool.map(lambda s: _server_info(s, config), config.servers.values()))
     result = ServersResult(servers=infos, config_path=str(config.path))
     if check:
         with ThreadPoolExecutor(max_workers=min(16, len(infos) or 1)) as pool:

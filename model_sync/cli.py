@@ -73,6 +73,9 @@ def output_options(fn):
     return wrapper
 
 
+TRANSFERS = ("push", "pull")
+
+
 class Group(click.Group):
     """Turns model-sync errors into one line and a documented exit code."""
 
@@ -91,7 +94,9 @@ class Group(click.Group):
         except KeyboardInterrupt:
             if os.environ.get("MODEL_SYNC_DEBUG") == "1":
                 raise
-            click.echo("model-sync: interrupted; run the same command again to resume", err=True)
+            # only a transfer has something to resume (its staging copy)
+            resume = "; run the same command again to resume" if ctx.invoked_subcommand in TRANSFERS else ""
+            click.echo(f"model-sync: interrupted{resume}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise

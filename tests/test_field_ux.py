@@ -209,3 +209,95 @@ async def test_diff_of_a_local_model_that_does_not_exist_is_an_error(bed, cli):
     # the command line's `local:` spelling of the same
     res = cli("diff", "local:RTX3090_N2501_ASR_250101", "bed")
     assert res.returncode == 2 and "does not exist" in error_line(res)
+
+
+# -- item 9: config edge cases -------------------------------------------------------------------
+def servers_with(bed, text: str):
+    bed.write_config(text)
+    return run_cli("servers", env={"MODEL_SYNC_CONFIG": str(bed.config)})
+
+
+def test_a_server_defined_twice_names_both_lines(bed):
+    res = servers_with(bed, "servers:\n  reaper:\n    host: a\n    model_base: /m\n"
+                            "  tracer:\n    host: b\n    model_base: /m\n"
+                            "  reaper:\n    host: c\n    model_base: /n\n")
+    assert res.returncode == 2 and res.stdout == ""
+    assert error_line(res) == (f"model-sync: error: {bed.config}:8: 'reaper' is defined twice, on lines 2 and 8; "
+                               "YAML would keep only the last, so remove or rename one")
+    # a key that overrides one a merge key (`<<: *common`) brings in is no duplicate
+    res = servers_with(bed, "servers:\n  a: &common {host: h, user: june, model_base: /m}\n"
+                            "  b:\n    <<: *common\n    host: h2\n")
+    assert res.returncode == 0, res.stderr
+    assert "| b | h2 | june |" in res.stdout
+
+
+def test_a_relative_model_base_is_refused_at_load(bed):
+    res = servers_with(bed, "servers:\n  a:\n    host: h\n    model_base: models\n")
+    assert res.returncode == 2
+    assert error_line(res) == (f"model-sync: error: {bed.config}:4: servers.a.model_base 'models' is not an "
+                               "absolute path; give one (/data/models), or one under the home directory (~/models)")
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n"])
+def test_an_empty_config_says_it_has_no_servers(bed, text):
+    res = servers_with(bed, text)
+    assert res.returncode == 2 and "the file is empty, so no servers are configured" in error_line(res)
+
+
+def laughs(levels: int) -> str:
+    """A port that is a list of lists of aliases: each level ten of the one before."""
+    lines = ["servers:", "  a:", "    host: h", "    model_base: /m", "    port:",
+             "      - &l0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"      - &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_cannot_blow_up_a_config(bed):
+    # 10 million values once expanded, in a value an error message shows
+    res = servers_with(bed, laughs(7))
+    assert res.returncode == 2
+    line = error_line(res)
+    assert line == (f"model-sync: error: {bed.config}:10: YAML aliases repeat the value that starts here into "
+                    "more than 100,000 values; write the values out instead")
+
+
+def test_a_huge_value_is_cut_in_the_message(bed):
+    res = servers_with(bed, "servers:\n  a:\n    host: h\n    model_base: /m\n    port: '" + "9" * 100_000 + "'\n")
+    assert res.returncode == 2
+    line = error_line(res)
+    assert "servers.a.port must be a whole number, not a string ('99999" in line and len(line) < 300
+
+
+def test_servers_are_resolved_side_by_side(bed, monkeypatch):
+    # one `ssh -G` per server: a config of thousands listed them one after another
+    from model_sync import api, sshconf
+    from model_sync.config import load_config
+
+    bed.write_config("servers:\n" + "".join(f"  s{i}:\n    host: h{i}\n    model_base: /m\n" for i in range(8)))
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def ssh_g(argv):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return f"hostname {argv[-1]}\nuser u\nport 22\n"
+
+    monkeypatch.setattr(sshconf, "_ssh_g", ssh_g)
+    result = api.list_servers(load_config(bed.config))
+    assert [s.host for s in result.servers if not s.local] == [f"h{i}" for i in range(8)]
+    assert most[0] > 1
+
+
+def test_only_a_transfer_is_said_to_resume_after_an_interruption(bed, tmp_path):
+    proc = subprocess.Popen([str(VENV_BIN / "model-sync"), "exec", "local", "sleep 8"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "MODEL_SYNC_CONFIG": str(bed.config)})
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err == "model-sync: interrupted\n"
