@@ -179,6 +179,9 @@ def push(local_path: str, destination: str, config: Config | None = None, opts=N
 
     config = config or load_config()
     alias, path = split_remote(destination, config)
+    # what cannot be pushed at all is said before any warning about its name
+    if not os.path.isdir(os.path.expanduser(local_path)):
+        raise UsageError(f"{local_path} is not a directory; push sends a model directory")
     # the name the directory will have there
     name = posixpath.basename(path.rstrip("/")) if path else os.path.basename(
         os.path.abspath(os.path.expanduser(local_path)).rstrip("/"))

@@ -301,3 +301,77 @@ def test_only_a_transfer_is_said_to_resume_after_an_interruption(bed, tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert err == "model-sync: interrupted\n"
+
+
+# -- item 10: small things ---------------------------------------------------------------------------
+def test_no_eta_until_a_rate_is_known():
+    from rich.console import Console
+
+    from model_sync.cli import progress_bar, reporter
+
+    clock = [0.0]
+    bar = progress_bar(Console(file=io.StringIO()), get_time=lambda: clock[0])
+    report = reporter(bar, bar.add_task("transfer", total=None, moving_since=None))
+
+    def eta_at(seconds: float, done: int) -> str:
+        clock[0] = seconds
+        report(done, 10 << 30)
+        out = Console(file=io.StringIO(), width=200)
+        out.print(bar.make_tasks_table(bar.tasks))
+        return out.file.getvalue().split()[-1]
+
+    assert eta_at(0.1, 0) == "-:--:--"
+    assert eta_at(0.2, 64 << 10) == "-:--:--"  # one buffer in 0.1 s: an ETA would be a guess
+    assert eta_at(1.0, 3 << 20) == "-:--:--"
+    assert eta_at(6.0, 200 << 20) not in ("-:--:--", "")
+
+
+def test_a_resumed_push_says_so_and_how_much_was_there(bed, tmp_path):
+    src = write_model(tmp_path / "RTX3090_N2501_ASR_250101", {"a.bin": os.urandom(1000), "w.bin": os.urandom(300_000)})
+    assert run_cli("push", str(src), "bed").returncode == 0
+    # what a push interrupted after rsync had sent the new w.bin leaves: the stage
+    old = (src / "w.bin").stat().st_mtime
+    (src / "w.bin").write_bytes(os.urandom(300_000))
+    os.utime(src / "w.bin", (old + 10, old + 10))
+    stage = bed.remote_base / f".{src.name}.model-sync-staging"
+    stage.mkdir()
+    subprocess.run(["cp", "-al", f"{bed.remote_base / src.name}/.", f"{stage}/"], check=True)
+    (stage / "w.bin").unlink()
+    shutil.copy2(src / "w.bin", stage / "w.bin")
+    res = run_cli("push", str(src), "bed", "--format", "markdown")
+    assert res.returncode == 0, res.stderr
+    assert "Resumed an interrupted push: 300KB of this model was already there and was not sent again" \
+        in res.stdout
+    (src / "a.bin").write_bytes(b"changed")
+    res = run_cli("--json", "push", str(src), "bed")
+    doc = json.loads(res.stdout)
+    assert doc["resumed"] is False and doc["resumed_bytes"] == 0  # an ordinary push
+
+
+def test_not_a_directory_comes_before_any_naming_warning(bed, tmp_path):
+    loose = tmp_path / "notes.txt"
+    loose.write_text("not a model")
+    res = run_cli("push", str(loose), "bed")
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[1:] == [f"model-sync: error: {loose} is not a directory; push sends a "
+                                           "model directory"]  # after the banner only the error: no warning
+
+
+def test_list_modified_is_when_the_files_changed_not_when_pushed(bed, tmp_path):
+    month_ago = int(time.time()) - 30 * 86400
+    pushed = write_model(tmp_path / "RTX3090_N2501_ASR_250101", {"w.bin": b"w", "sub/c.json": b"{}"},
+                         mtime=month_ago)
+    assert run_cli("push", str(pushed), "bed").returncode == 0
+    # one copied by hand, whose files are newer than its directory
+    by_hand = write_model(bed.remote_base / "RTX3090_N2501_ASR_250102", {"w.bin": b"w"}, mtime=month_ago + 60)
+    os.utime(by_hand, (month_ago, month_ago))
+    doc = json.loads(run_cli("--json", "list", "bed").stdout)
+    assert {m["name"]: m["modified"] for m in doc["models"]} == {pushed.name: month_ago,
+                                                                  by_hand.name: month_ago + 60}
+
+
+def test_a_mistyped_server_gets_the_nearest_name(bed, cli):
+    res = cli("exec", "bde", "true")
+    assert res.returncode == 2
+    assert error_line(res).startswith("model-sync: error: unknown server 'bde' (did you mean 'bed'?); "
+                                      "configured servers: bed, down, local")
