@@ -78,7 +78,10 @@ def _server_info(server: ServerConfig, config: Config) -> ServerInfo:
 
 def list_servers(config: Config | None = None, check: bool = False) -> ServersResult:
     config = config or load_config()
-    infos = [_server_info(s, config) for s in config.servers.values()]
+    # each remote server is one `ssh -G` (a few ms): a config of thousands
+    # took minutes one after another; they run side by side, as --check does
+    with ThreadPoolExecutor(max_workers=min(16, len(config.servers))) as pool:
+        infos = list(pool.map(lambda s: _server_info(s, config), config.servers.values()))
     result = ServersResult(servers=infos, config_path=str(config.path))
     if check:
         with ThreadPoolExecutor(max_workers=min(16, len(infos) or 1)) as pool:
@@ -181,6 +184,9 @@ def push(local_path: str, destination: str, config: Config | None = None, opts=N
 
     config = config or load_config()
     alias, path = split_remote(destination, config)
+    # what cannot be pushed at all is said before any warning about its name
+    if not os.path.isdir(os.path.expanduser(local_path)):
+        raise UsageError(f"{local_path} is not a directory; push sends a model directory")
     # the name the directory will have there
     name = posixpath.basename(path.rstrip("/")) if path else os.path.basename(
         os.path.abspath(os.path.expanduser(local_path)).rstrip("/"))

@@ -73,6 +73,9 @@ def output_options(fn):
     return wrapper
 
 
+TRANSFERS = ("push", "pull")
+
+
 class Group(click.Group):
     """Turns model-sync errors into one line and a documented exit code."""
 
@@ -91,7 +94,9 @@ class Group(click.Group):
         except KeyboardInterrupt:
             if os.environ.get("MODEL_SYNC_DEBUG") == "1":
                 raise
-            click.echo("model-sync: interrupted; run the same command again to resume", err=True)
+            # only a transfer has something to resume (its staging copy)
+            resume = "; run the same command again to resume" if ctx.invoked_subcommand in TRANSFERS else ""
+            click.echo(f"model-sync: interrupted{resume}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -269,16 +274,49 @@ def _transfer_command(state: State, banner: str, call, kw) -> None:
     state.emit(_run_transfer(state, call, opts))
 
 
+# The ETA is shown once bytes have moved for this long and this much: the
+# first reports (one buffer in a few ms) gave rates that made ETAs like 2:32:41.
+ETA_AFTER_SECONDS = 3.0
+ETA_AFTER_BYTES = 4 << 20
+
+
+def progress_bar(console, get_time=None):
+    """The transfer progress display: a bar, bytes, rate and an ETA that waits
+    for a rate worth the name. Feed a task with `reporter(bar, task)`."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.text import Text
+
+    class Eta(TimeRemainingColumn):
+        def render(self, task):
+            since = task.fields.get("moving_since")
+            if since is None or task.get_time() - since < ETA_AFTER_SECONDS or task.completed < ETA_AFTER_BYTES:
+                return Text("-:--:--", style="progress.remaining")
+            return super().render(task)
+
+    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), Eta(), transient=True, console=console, get_time=get_time)
+
+
+def reporter(bar, task):
+    """progress(done, total) for the core: notes when bytes first moved."""
+    moving = []
+
+    def report(done: int, total: int | None) -> None:
+        if done and not moving:
+            moving.append(True)
+            bar.update(task, moving_since=bar.get_time())
+        bar.update(task, completed=done, total=total)
+    return report
+
+
 def _with_progress(state: State, call, opts, hooks):
     if render.choose_format(state.fmt, sys.stderr) != "rich" or opts.dry_run:
         return call(opts=opts, **hooks)
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task("transfer", total=None)
-        return call(opts=opts, progress=lambda done, total: bar.update(task, completed=done, total=total), **hooks)
+    with progress_bar(Console(stderr=True)) as bar:
+        task = bar.add_task("transfer", total=None, moving_since=None)
+        return call(opts=opts, progress=reporter(bar, task), **hooks)
 
 
 def _warn(text: str) -> None:
@@ -422,6 +460,8 @@ def list_(state: State, server, filter_, sort):
 
     One row per directory under model_base (hidden entries, files and symlinks
     are skipped). Size is 'du -s --apparent-size -B1' of each directory.
+    Modified is the newest modification time of its files, which rsync keeps
+    from the source: when the model last changed, not when it was pushed.
 
     \b
     Examples:

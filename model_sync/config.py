@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,14 +116,44 @@ class _LineDict(dict):
         self.lines: dict[Any, int] = {}
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+# libyaml's parser when PyYAML has it (several times faster on a big file);
+# the constructor, which keeps the lines, is Python either way
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    def flatten_mapping(self, node):
+        # remember the keys written in this mapping itself before merge keys
+        # (`<<: *base`) add theirs: only those may not repeat
+        if not hasattr(node, "own_keys"):
+            node.own_keys = [k for k, _ in node.value if k.tag != _MERGE_TAG]
+        super().flatten_mapping(node)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(Exception):
+    """A document YAML accepts and a config may not be: message and line."""
+
+    def __init__(self, message: str, line: int | None):
+        super().__init__(message)
+        self.message, self.line = message, line
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
     loader.flatten_mapping(node)
     mapping = _LineDict()
     mapping.line = node.start_mark.line + 1
+    first: dict[Any, int] = {}
+    for key_node in node.own_keys:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            earlier = first.setdefault(key, line)
+        except TypeError:  # a list or mapping as a key
+            raise _Refused(f"a key must be a plain name, not {_kind(key)}", line) from None
+        if earlier != line:
+            # PyYAML would keep the last silently: two servers of one name, one lost
+            raise _Refused(f"'{_shown(key)}' is defined twice, on lines {earlier} and {line}; "
+                           "YAML would keep only the last, so remove or rename one", line)
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         mapping[key] = loader.construct_object(value_node, deep=True)
@@ -131,6 +162,57 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# How many values aliases (*name) may add to a document. A few anchors for
+# shared settings stay far below; "billion laughs" (aliases of lists of
+# aliases) expands to billions, which anything walking the values would pay.
+ALIAS_EXPANSION_MAX = 100_000
+
+
+def _check_aliases(root) -> None:
+    """Refuse a node graph whose aliases repeat more than ALIAS_EXPANSION_MAX
+    values, or refer to a value from inside it. Linear in the distinct nodes:
+    each node's expanded size is computed once."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        nid = id(node)
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if finished:
+            on_path.discard(nid)
+            total = size[nid] = 1 + sum(size[id(c)] for c in children)
+            if total - len(size) > ALIAS_EXPANSION_MAX:
+                raise _Refused(f"YAML aliases repeat the value that starts here into more than "
+                               f"{ALIAS_EXPANSION_MAX:,} values; write the values out instead",
+                               node.start_mark.line + 1)
+            continue
+        if nid in size:
+            continue
+        if nid in on_path:
+            raise _Refused("a YAML alias refers to the value that contains it", node.start_mark.line + 1)
+        on_path.add(nid)
+        stack.append((node, True))
+        stack.extend((c, False) for c in reversed(children) if id(c) not in size)
+
+
+# Bounded: a value in an error message is shown in at most this many
+# characters, however large (or alias-expanded) it is.
+SHOWN_MAX = 80
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = SHOWN_MAX
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 4
+_REPR.maxlevel = 2
+
+
+def _shown(value: Any, quote: bool = False) -> str:
+    """A value for an error message: repr() when `quote`, else str(), both
+    bounded (reprlib never walks more than a few entries) and one line."""
+    text = _REPR.repr(value) if quote or not isinstance(value, (str, int, float, bool)) else str(value)
+    text = text[:SHOWN_MAX] + "..." if len(text) > SHOWN_MAX else text
+    return text.encode("unicode_escape").decode("ascii") if any(c < " " for c in text) else text
 
 
 class _Checker:
@@ -150,9 +232,9 @@ class _Checker:
     def keys(self, mapping: _LineDict, allowed, where: str):
         for key in mapping:
             if key not in allowed:
-                hint = difflib.get_close_matches(str(key), list(allowed), n=1)
+                hint = difflib.get_close_matches(_shown(key), list(allowed), n=1)
                 suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(allowed)})"
-                self.fail(f"unknown key '{key}' in {where}{suggestion}", mapping.lines.get(key))
+                self.fail(f"unknown key '{_shown(key)}' in {where}{suggestion}", mapping.lines.get(key))
 
     def typed(self, mapping: _LineDict, schema, where: str) -> dict[str, Any]:
         self.keys(mapping, schema, where)
@@ -163,7 +245,8 @@ class _Checker:
             ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
             if not ok:
                 names = " or ".join(_TYPE_NAMES[t] for t in types)
-                self.fail(f"{where}.{key} must be {names}, not {_kind(value)} ({value!r})", mapping.lines.get(key))
+                self.fail(f"{where}.{key} must be {names}, not {_kind(value)} ({_shown(value, quote=True)})",
+                          mapping.lines.get(key))
             out[key] = value
         return out
 
@@ -196,14 +279,14 @@ def _ssh_options(check: _Checker, value, where: str, line) -> tuple[tuple[str, s
         items = []
         for entry in value:
             if not isinstance(entry, str) or "=" not in entry:
-                check.fail(f"{where}: each entry must look like 'Key=Value', got {entry!r}", line)
+                check.fail(f"{where}: each entry must look like 'Key=Value', got {_shown(entry, quote=True)}", line)
             k, v = entry.split("=", 1)
             items.append((k.strip(), v.strip()))
     for k, v in items:
         if isinstance(v, bool):
             v = "yes" if v else "no"
         if not str(k).replace("-", "").isalnum():
-            check.fail(f"{where}: '{k}' is not an ssh option name", line)
+            check.fail(f"{where}: '{_shown(k)}' is not an ssh option name", line)
         if str(k).lower() in _OWN_SSH_OPTIONS:
             check.fail(f"{where}: set {k} with the server's own keys (host, user, port, ssh_key, "
                        "strict_host_key_checking) or in ~/.ssh/config, not in ssh_options", line)
@@ -211,17 +294,37 @@ def _ssh_options(check: _Checker, value, where: str, line) -> tuple[tuple[str, s
     return tuple(pairs)
 
 
-def parse_config(text: str, path: Path) -> Config:
-    check = _Checker(path)
+def _load_yaml(text: str, check: "_Checker") -> Any:
+    loader = _Loader(text)  # a SafeLoader: plain data only
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node)  # before anything constructs or walks the values
+        return loader.construct_document(node)
+    except _Refused as exc:
+        check.fail(exc.message, exc.line)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
         check.fail(f"YAML syntax error: {problem}; fix the file or run 'model-sync init --force' for a fresh one", line)
     except yaml.YAMLError as exc:
-        check.fail(f"YAML error: {exc}")
+        check.fail(f"YAML error: {_shown(exc)}")
+    except RecursionError:
+        check.fail("YAML nested too deeply to read; a config needs a few levels")
+    finally:
+        loader.dispose()
+
+
+def parse_config(text: str, path: Path, empty_ok: bool = False) -> Config:
+    """The config in `text`. An empty document (nothing but comments, say)
+    is refused unless `empty_ok` (no file at all: the built-in `local`)."""
+    check = _Checker(path)
+    data = _load_yaml(text, check)
+    if data is None and not empty_ok:
+        check.fail("the file is empty, so no servers are configured; add them under 'servers:' "
+                   "(see examples/model-sync.yaml), or run 'model-sync init --force' for a commented starter")
     top = check.mapping(data, "top level", 1)
     check.keys(top, TOP_KEYS, "the top level")
 
@@ -231,12 +334,19 @@ def parse_config(text: str, path: Path) -> Config:
         line = raw_servers.lines.get(alias)
         alias = str(alias)
         if not alias or any(c in alias for c in ":/@ \t") or alias.startswith("-"):
-            check.fail(f"server name '{alias}' may not contain ':', '/', '@' or spaces, nor start with '-'", line)
-        where = f"servers.{alias}"
+            check.fail(f"server name '{_shown(alias)}' may not contain ':', '/', '@' or spaces, nor start with '-'",
+                       line)
+        where = f"servers.{_shown(alias)}"
         body = check.mapping(body, where, line)
         values = check.typed(body, SERVER_KEYS, where)
-        if not values.get("model_base"):
+        base = values.get("model_base")
+        if not base:
             check.fail(f"{where} has no model_base; add 'model_base: /path/to/models' under it", line)
+        if not (base.startswith("/") or base == "~" or base.startswith("~/")):
+            # relative to what? the ssh login directory there, this process's
+            # working directory here: refused now rather than failing later
+            check.fail(f"{where}.model_base '{_shown(base)}' is not an absolute path; give one "
+                       "(/data/models), or one under the home directory (~/models)", body.lines.get("model_base"))
         policy = values.get("strict_host_key_checking", "yes")
         if policy is True:  # YAML reads a bare `yes` as true
             policy = "yes"
@@ -248,7 +358,7 @@ def parse_config(text: str, path: Path) -> Config:
             check.fail(f"{where}.port must be between 1 and 65535, not {port}", body.lines.get("port"))
         host = values.get("host")
         if host is not None and (not host.strip() or host.startswith("-")):
-            check.fail(f"{where}.host {host!r} is not a host name", body.lines.get("host"))
+            check.fail(f"{where}.host {_shown(host, quote=True)} is not a host name", body.lines.get("host"))
         options = ()
         if "ssh_options" in values:
             options = _ssh_options(check, values["ssh_options"], f"{where}.ssh_options", body.lines.get("ssh_options"))
@@ -302,7 +412,7 @@ def load_config(path: Path | str | None = None) -> Config:
         if explicit:
             raise ConfigError(path, "no such config file; create one with 'model-sync init' "
                                     "or point --config/MODEL_SYNC_CONFIG at an existing file") from None
-        cfg = parse_config("", path)
+        cfg = parse_config("", path, empty_ok=True)
         return Config(path=cfg.path, servers=cfg.servers, defaults=cfg.defaults,
                       naming_pattern=cfg.naming_pattern, exists=False)
     except IsADirectoryError:

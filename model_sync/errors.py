@@ -44,9 +44,13 @@ class ConfigError(ModelSyncError):
 
 class UnknownServerError(UsageError):
     def __init__(self, alias: str, known: list[str]):
+        import difflib
+
         names = ", ".join(sorted(known)) or "none"
+        close = difflib.get_close_matches(alias, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
         super().__init__(
-            f"unknown server '{alias}'; configured servers: {names} "
+            f"unknown server '{alias}'{hint}; configured servers: {names} "
             "(add it under 'servers:' in the config, or run 'model-sync servers')"
         )
         self.alias = alias

@@ -7,7 +7,7 @@ Costs: a server's listing is one round trip whatever the number of entries
 apparent sizes as `du -s --apparent-size -B1 DIR` reports them for each model
 directory on its own (the same number as `du -sb DIR`: file and directory
 sizes in bytes, hard links within the directory counted once); the Modified
-time is `du --time`'s, the newest mtime anywhere in the directory."""
+time is the newest mtime of the model's files (see _MEASURE)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .config import Config
-from .destination import LOCK_SUFFIX, VERSIONS_SUFFIX
+from .destination import LOCK_SUFFIX, MANIFEST_NAME, VERSIONS_SUFFIX
 from .errors import RemoteError, UsageError
 from .hosts import LocalHost, open_host, remote_path_expr
 from .manifest import (SHA256, XXH128, Tree, chunked, hash_files,
@@ -55,8 +55,15 @@ for d in *; do
   printf '%s\0%s\0' "$info" "$d"
 done
 """
+# Modified: the newest mtime of the model's files. rsync keeps each file's
+# time from the source, so a copy shows when the model last changed, the
+# same on every server; model-sync's manifest (rewritten by a push) and
+# directory times (changed by publishing) do not count.
+# A directory without files: du's time, its own.
 _MEASURE = ('info=$(cd -- "./$d" 2>/dev/null && '
-            '{ du -s --apparent-size -B1 --time --time-style=+%s . 2>/dev/null; echo "rc=$?"; })')
+            '{ du -s --apparent-size -B1 --time --time-style=+%s . 2>/dev/null; r=$?; '
+            'find . -type f ! -path ' + shlex.quote("./" + MANIFEST_NAME) + ' -printf \'%T@\\n\' 2>/dev/null '
+            '| awk \'NR == 1 || $1 > m { m = $1 } END { if (NR) printf "files=%d\\n", m }\'; echo "rc=$r"; })')
 
 
 def _fill(template: str, **values: str) -> str:
@@ -103,9 +110,11 @@ def _dir_info(name: str, info: str, measured: bool) -> DirInfo:
         return DirInfo(name)
     lines = info.splitlines()
     rc = lines[-1] if lines and lines[-1].startswith("rc=") else "rc=?"
-    fields = lines[0].split("\t") if lines and not lines[0].startswith("rc=") else []
+    newest = next((line[6:] for line in lines if line.startswith("files=")), "")
+    fields = lines[0].split("\t") if lines and not lines[0].startswith(("rc=", "files=")) else []
     if len(fields) >= 2 and fields[0].isdigit() and fields[1].lstrip("-").isdigit():
-        return DirInfo(name, int(fields[0]), int(fields[1]), complete=rc == "rc=0")
+        modified = int(newest) if newest.lstrip("-").isdigit() else int(fields[1])
+        return DirInfo(name, int(fields[0]), modified, complete=rc == "rc=0")
     return DirInfo(name, None, None, complete=False)
 
 
@@ -480,7 +489,10 @@ def diff(left: str, right: str, config: Config, checksum: bool = False, gpu: str
             side.exists = tree.exists
             sizes = [f.size for f in tree.files.values() if f.kind == "f"]
             side.files, side.bytes = len(sizes), sum(sizes)
-        if not lside.exists and (lside.server is None or not rside.exists):
+        # a missing left side is an error where it is this machine's (a
+        # typo, not a model to fetch), whether given as a path or as `local:`
+        here = lside.server is None or config.server(lside.server).is_local
+        if not lside.exists and (here or not rside.exists):
             missing = lside if not lside.exists else rside
             raise UsageError(f"{missing.display} does not exist" +
                              ("" if missing.server else "; give the local model directory") +

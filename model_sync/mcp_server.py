@@ -57,7 +57,7 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
-from . import __version__, api, render
+from . import __version__, api, inventory, render
 from .config import LOCAL_ALIAS, Config, load_config
 from .errors import CommandTimeout, ModelSyncError, UsageError
 
@@ -83,8 +83,11 @@ DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idemp
 INSTRUCTIONS = """\
 model-sync moves ML model directories between GPU servers (rsync over SSH, \
 verified with xxhash). Servers are aliases from the user's model-sync config; \
-start with list_servers. Paths are relative to a server's model_base. Tools \
-that delete need confirm=true, set only after the user has agreed."""
+start with list_servers. Paths on a server are relative to its model_base. \
+A local model (push, verify, diff) or pull's local_dir is relative to the \
+'local' server's model_base (list_servers shows it), or an absolute path \
+inside the model_base of a server configured without a host. Tools that \
+delete need confirm=true, set only after the user has agreed."""
 
 
 # -- the server ------------------------------------------------------------------
@@ -211,15 +214,54 @@ def inside_base(path: str, what: str = "path") -> str:
     return norm
 
 
-def local_path(config: Config, path: str) -> Path:
-    """A client's local path: under the `local` server's model_base, also after
-    following symlinks (this side we can check on disk)."""
-    rel = inside_base(path, "local path")
-    base = Path(config.server(LOCAL_ALIAS).model_base).expanduser()
-    full = base / rel
-    if not full.resolve().is_relative_to(base.resolve()):
-        raise UsageError(f"local path '{render.cell(path)}' leads outside {base} through a symlink")
+# A local path a client gives: relative to a local server's model_base (the
+# `local` alias unless a tool says otherwise), or absolute (or ~/...) when it
+# lies inside the model_base of a server configured without `host`, also after
+# following symlinks. So the directories a client may read or write here are
+# the model stores the config names, however the path is spelt.
+def local_bases(config: Config) -> list[Path]:
+    return [Path(s.model_base).expanduser() for s in config.servers.values() if s.is_local]
+
+
+def local_path(config: Config, path: str, what: str = "local path", alias: str = LOCAL_ALIAS,
+               must_exist: bool = False) -> Path:
+    """Where a client's local path points (see above); with `must_exist`, a
+    missing directory is an error saying where a relative path was looked for."""
+    shown = render.cell(path)
+    base = Path(config.server(alias).model_base).expanduser()
+    rule = f"a relative {what} is taken under the '{alias}' server's model_base, {base}"
+    if "\x00" in path:
+        raise UsageError(f"{what} '{shown}' contains a NUL byte")
+    if path.startswith(("/", "~")):
+        full = Path(os.path.normpath(os.path.expanduser(path)))
+        real = full.resolve()
+        if not any(real.is_relative_to(b.resolve()) for b in local_bases(config)):
+            bases = ", ".join(str(b) for b in local_bases(config))
+            raise UsageError(f"{what} '{shown}' is not inside the model_base of a local server ({bases}); "
+                             f"give a path inside one, or a relative one ({rule})")
+    else:
+        try:
+            rel = inside_base(path, what)
+        except UsageError as exc:
+            raise UsageError(f"{exc}; {rule}") from None
+        full = base / rel
+        if not full.resolve().is_relative_to(base.resolve()):
+            raise UsageError(f"{what} '{shown}' leads outside {base} through a symlink")
+    if must_exist and not full.is_dir():
+        raise UsageError(f"{what} '{shown}' is not a directory here: {full} "
+                         + ("does not exist" if not full.exists() else "is a file")
+                         + f" ({rule}; an absolute path inside it works too)")
     return full
+
+
+def base_relative(config: Config, full: Path) -> str:
+    """A local path's place under the local model_base that holds it, for the
+    other side of a diff: 'team/x' for LOCAL_BASE/team/x."""
+    for spelt, base in [(full, b) for b in local_bases(config)] + [(full.resolve(), b.resolve())
+                                                                   for b in local_bases(config)]:
+        if spelt.is_relative_to(base):
+            return str(spelt.relative_to(base))
+    return full.name
 
 
 # -- calling the core --------------------------------------------------------------
@@ -406,8 +448,10 @@ TRANSFER_DEFAULT_TIMEOUT = 3600.0
 TRANSFER_MAX_TIMEOUT = 86400.0
 
 LocalModel = Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
-    "Model directory on this machine, relative to the 'local' server's model_base, "
-    "e.g. 'RTX3090_N2501_LANGDETECTOR_250715'."))]
+    "Model directory on this machine: a path relative to the 'local' server's model_base "
+    "(not to any working directory; list_servers shows the model_base), e.g. "
+    "'RTX3090_N2501_LANGDETECTOR_250715', or an absolute path inside the model_base of a server "
+    "configured without a host."))]
 OptionalRemotePath = Annotated[str | None, Field(max_length=ARG_MAX_LENGTH, description=(
     "Path relative to the server's model_base; default: the local directory's name."))]
 Delete = Annotated[bool, Field(description=(
@@ -462,13 +506,14 @@ async def push(
     confirm: Confirm = False,
     timeout_seconds: TransferTimeout = TRANSFER_DEFAULT_TIMEOUT,
 ) -> Annotated[CallToolResult, api.TransferReport]:
-    """Send a local model directory to a server with rsync over SSH: only changed files
+    """Send a local model directory (relative to the 'local' server's model_base, or an
+    absolute path inside a local model_base) to a server with rsync over SSH: only changed files
     travel, every sent file is verified, and the copy appears on the server complete or
     not at all. Reports progress; an interrupted push resumes when called again."""
     require_confirmation(ok)
     config = app.load_config()
-    src = local_path(config, model)
     dest = server if remote_path is None else f"{server}:{inside_base(remote_path, 'remote_path')}"
+    src = local_path(config, model, "model", must_exist=True)
     opts = _transfer_options(config, verify, delete, dry_run, streams)
     return await call(api.push, str(src), dest, config=config, opts=opts, report_to=ctx,
                       cancellable=True, limit=timeout_seconds, label=f"{server}: push")
@@ -483,7 +528,9 @@ async def pull(
     ok: Annotated[Confirmed, confirmation(_delete_question("pull"))],
     ctx: Context,
     local_dir: Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
-        "Directory under the 'local' server's model_base to pull into; the model lands inside it."))] = ".",
+        "Directory to pull into, the model landing inside it: relative to the 'local' server's "
+        "model_base (default: that model_base itself), or an absolute path inside the model_base "
+        "of a server configured without a host."))] = ".",
     gpu: Gpu = None,
     delete: Delete = False,
     verify: Verify = None,
@@ -492,15 +539,17 @@ async def pull(
     confirm: Confirm = False,
     timeout_seconds: TransferTimeout = TRANSFER_DEFAULT_TIMEOUT,
 ) -> Annotated[CallToolResult, api.TransferReport]:
-    """Fetch a model directory from a server into this machine's model_base, verified,
-    appearing complete or not at all. Reports progress; calling again resumes."""
+    """Fetch a model directory from a server into this machine's model_base (the 'local'
+    server's; local_dir picks a directory under it), verified, appearing complete or not
+    at all. Reports progress; calling again resumes."""
     require_confirmation(ok)
     config = app.load_config()
-    into = local_path(config, local_dir)
+    into = local_path(config, local_dir, "local_dir")
     into.mkdir(parents=True, exist_ok=True)
     rel = inside_base(remote_path, "remote_path")  # selectors too: 'ASR@latest' is a relative path
     opts = _transfer_options(config, verify, delete, dry_run, streams)
-    return await call(api.pull, f"{server}:{rel}", str(into), config=config, opts=opts, gpu=gpu,
+    # "/": the model lands inside local_dir, even one named as the model (paths.pull_destination)
+    return await call(api.pull, f"{server}:{rel}", str(into) + "/", config=config, opts=opts, gpu=gpu,
                       report_to=ctx, cancellable=True, limit=timeout_seconds, label=f"{server}: pull")
 
 
@@ -511,11 +560,12 @@ async def verify_(
     remote_path: OptionalRemotePath = None,
     timeout_seconds: TransferTimeout = TRANSFER_DEFAULT_TIMEOUT,
 ) -> Annotated[CallToolResult, api.VerifyResult]:
-    """Hash every file of a local model and of its copy on a server (both at once) and
+    """Hash every file of a local model (relative to the 'local' server's model_base, or an
+    absolute path inside a local model_base) and of its copy on a server (both at once) and
     compare; reports mismatched and missing files."""
     config = app.load_config()
-    src = local_path(config, model)
     dest = server if remote_path is None else f"{server}:{inside_base(remote_path, 'remote_path')}"
+    src = local_path(config, model, "model", must_exist=True)
     return await call(api.verify, str(src), dest, config=config, limit=timeout_seconds, label=f"{server}: verify")
 
 
@@ -549,7 +599,9 @@ async def versions(
 @app.tool(title="Compare a model between two places", annotations=READ_ONLY)
 async def diff(
     model: Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
-        "Model directory relative to model_base (on the left side), or a selector like 'ASR@latest'."))],
+        "The left side's model directory, relative to the left server's model_base (for 'local', "
+        "the default, that is the 'local' server's model_base, not a working directory; an absolute "
+        "path inside a local model_base works too), or a selector like 'ASR@latest'."))],
     server: Server,
     left_server: Annotated[str, Field(max_length=ARG_MAX_LENGTH, description=(
         "Where the left copy is; 'local' is this machine."))] = LOCAL_ALIAS,
@@ -559,10 +611,17 @@ async def diff(
     gpu: Gpu = None,
 ) -> Annotated[CallToolResult, api.DiffResult]:
     """Compare a model's files between two places (this machine or servers): same,
-    new (left only), modified, remote only, with the command that would sync them."""
+    new (left only), modified, remote only, with the command that would sync them.
+    A left model that does not exist here is an error."""
     config = app.load_config()
-    left = f"{left_server}:{inside_base(model, 'model')}"
-    right = f"{server}:{inside_base(remote_path or model, 'remote_path')}"
+    if config.server(left_server).is_local and not inventory.has_selector(model):
+        # a plain path on this machine: checked here, and missing is an error
+        full = local_path(config, model, "model", alias=left_server, must_exist=True)
+        left, default = str(full), base_relative(config, full)
+    else:
+        default = inside_base(model, "model")
+        left = f"{left_server}:{default}"
+    right = f"{server}:{inside_base(remote_path or default, 'remote_path')}"
     return await call(api.diff, left, right, config=config, checksum=checksum, gpu=gpu, label=f"{server}: diff")
 
 

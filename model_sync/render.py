@@ -147,6 +147,11 @@ def _register_builtin_views():
         if r.deleted:
             rows.append(["Deleted", str(len(r.deleted))])
         notes = [f"{r.source} -> {r.destination}"]
+        if r.resumed:
+            notes.append(f"Resumed an interrupted {r.direction}: {human_size(r.resumed_bytes)} of this model was "
+                         "already there and was not sent again"
+                         + (f" (and {human_size(r.resumed_partial_bytes)} in partial files)"
+                            if r.resumed_partial_bytes else ""))
         if r.up_to_date:
             notes.append("Already up to date: every file matches in size, time and mode, and the destination's "
                          "manifest lists them all; nothing was sent or changed")

@@ -81,6 +81,11 @@ class TransferResult:
     mismatched: list[str] = field(default_factory=list)
     up_to_date: bool = False  # nothing to send: the destination already matched, nothing was touched
     via: str = "rsync"  # how the files went: "rsync", or "tar" (a new model of many small files, see tarpush)
+    # the staging copy of an interrupted run was picked up: what it already
+    # held that matched the source (not sent again), and rsync's partial files
+    resumed: bool = False
+    resumed_bytes: int = 0
+    resumed_partial_bytes: int = 0
 
     __json_properties__ = ("speed_bytes_per_s",)
 
@@ -422,6 +427,11 @@ def _transfer(direction, alias, src: _Side, dst: _Side, server_side: _Side, opts
         # files an interrupted run left in the stage that differ from the
         # published copy: not verified yet, whatever rsync thinks of them
         carried = {p for p, f in staged.items() if p not in published or not f.same_quick(published[p])}
+        if how == "resume":
+            result.resumed = True
+            result.resumed_bytes = sum(g.size for p in carried if (g := src.tree.get(p)) is not None
+                                       and g.kind == "f" and staged[p].kind == "f" and staged[p].same_quick(g))
+            result.resumed_partial_bytes = now.stage_partial_bytes
         run = _send(src, _Side(dst.host, dst.stage), rsh, ropts, result.planned, opts.streams or 1, progress,
                     on_item, cancel)
         stop_if_cancelled("during the transfer")
