@@ -233,11 +233,13 @@ def publish_script(names: Names, quote, owner: str | None, write_manifest: bool,
             + FENCE_SH + FUNCTIONS + PUBLISH_FN + PUBLISH)
 
 
-def not_ours(alias: str, stderr: str):
-    """The error for a script that met a name of ours holding something else."""
+def not_ours(alias: str, output: str = "", path: str | None = None):
+    """The error for a name of ours holding something else: `path`, or the
+    one a script named in its output ("not-ours: PATH" lines)."""
     from .errors import UsageError
 
-    path = next((line[len("not-ours: "):] for line in stderr.splitlines() if line.startswith("not-ours: ")), "")
+    if path is None:
+        path = next((ln[len("not-ours: "):] for ln in output.splitlines() if ln.startswith("not-ours: ")), "")
     return UsageError(f"{alias}: {path or 'a name model-sync keeps next to the model'} is not what model-sync "
                       "left there (a symlink, or another kind of file); nothing was written through it. "
                       "Remove it if it is stale, then run again")

@@ -168,10 +168,10 @@ def _open_lock_file(alias: str, path: str) -> int:
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.EISDIR):
             raise
-        raise not_ours(alias, f"not-ours: {path}") from exc
+        raise not_ours(alias, path=path) from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise not_ours(alias, f"not-ours: {path}")
+        raise not_ours(alias, path=path)
     return fd
 
 
@@ -575,7 +575,7 @@ class RemoteHost:
                 if line == "BUSY":
                     raise LockBusy(self.alias, path)
                 if line == "NOTOURS":
-                    raise not_ours(self.alias, f"not-ours: {path}")
+                    raise not_ours(self.alias, path=path)
                 if line == "NOFLOCK":
                     raise RemoteError(self.alias, "flock (util-linux) is missing on the server; install util-linux")
                 raise RemoteError(self.alias, f"cannot take the lock {path} ({failed_exit()})")
